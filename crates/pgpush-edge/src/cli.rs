@@ -1,0 +1,101 @@
+//! The `listen` and `notify` commands: PostgreSQL's notifications on a terminal.
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
+
+use pgpush_pg::{ConnectOptions, Listener, ListenerState, NotificationSink, Publisher};
+use pgpush_protocol::Channel;
+use tokio_util::sync::CancellationToken;
+
+/// A failure of a command, printed as one line by `main`.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No database URL.
+    #[error("no database configured: set DATABASE_URL or --database-url")]
+    NoDatabase,
+    /// A bad channel name.
+    #[error("channel {name:?}: {reason}")]
+    BadChannel {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: pgpush_protocol::ChannelError,
+    },
+    /// The database refused or failed.
+    #[error("{0}")]
+    Database(#[from] pgpush_pg::Error),
+}
+
+/// Prints each notification as the original C listener did.
+struct PrintSink<W> {
+    out: Mutex<W>,
+}
+
+impl<W: Write + Send + 'static> NotificationSink for PrintSink<W> {
+    fn notification(&self, channel: &str, payload: &str, process_id: i32) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(
+            out,
+            "NOTIFY of '{channel}' received from backend PID {process_id}: '{payload}'"
+        );
+        let _ = out.flush();
+    }
+
+    fn connection_state(&self, state: ListenerState) {
+        if !state.is_up() {
+            eprintln!("pgpush listen: connection lost, reconnecting");
+        }
+    }
+}
+
+/// `pgpush listen <channel>...`: LISTENs (identifier-quoted, case kept) and prints every
+/// notification until `shutdown`, reconnecting and re-LISTENing as needed.
+pub async fn listen(
+    database_url: Option<String>,
+    channels: &[String],
+    shutdown: CancellationToken,
+) -> Result<(), CommandError> {
+    let url = database_url.ok_or(CommandError::NoDatabase)?;
+    let options = ConnectOptions::parse(&url)?;
+    for name in channels {
+        Channel::new(name).map_err(|reason| CommandError::BadChannel {
+            name: name.clone(),
+            reason,
+        })?;
+    }
+    let (listener, task) = Listener::new(options.listener());
+    let sink = Arc::new(PrintSink {
+        out: Mutex::new(std::io::stdout()),
+    });
+    let confirmations: Vec<_> = channels.iter().map(|c| listener.listen(c)).collect();
+    let running = tokio::spawn(task.run(sink, shutdown.clone()));
+    for confirmation in confirmations {
+        tokio::select! {
+            _ = confirmation => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    if !shutdown.is_cancelled() {
+        eprintln!("pgpush listen: listening on {}", channels.join(", "));
+    }
+    let _ = running.await;
+    Ok(())
+}
+
+/// `pgpush notify <channel> <payload>`: one `pg_notify`.
+pub async fn notify(
+    database_url: Option<String>,
+    channel: &str,
+    payload: &str,
+) -> Result<(), CommandError> {
+    let url = database_url.ok_or(CommandError::NoDatabase)?;
+    Channel::new(channel).map_err(|reason| CommandError::BadChannel {
+        name: channel.to_owned(),
+        reason,
+    })?;
+    let publisher = Publisher::new(ConnectOptions::parse(&url)?.pool(), 1)?;
+    publisher.notify(channel, payload).await?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! HTTP plumbing: the router, the one place errors become responses, and small helpers.
+
+use std::{borrow::Cow, convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use pgpush_protocol::{Channel, ErrorCode, http_error_body};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::{Node, policy, publish, transport};
+
+/// Every response body: full bytes or a stream.
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// What the server knows about the TCP connection a request came on.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    /// The peer's address.
+    pub(crate) peer: SocketAddr,
+    /// Cancelled to cut the connection (a slow consumer); the server drops it after a grace.
+    pub(crate) kill: CancellationToken,
+}
+
+/// An error answered to a client: a stable code and a human reason, never internals.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub(crate) code: ErrorCode,
+    pub(crate) reason: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(code: ErrorCode, reason: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The JSON error response `{"error":"<code>","reason":"<text>"}`.
+    pub(crate) fn into_response(self) -> Response<Body> {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json(status, http_error_body(self.code, &self.reason))
+    }
+}
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+pub(crate) fn json(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Routes one request.
+pub(crate) async fn route(
+    node: Arc<Node>,
+    conn: Arc<ConnInfo>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    let conn_for_log = conn.clone();
+    let result = match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, "/readyz") => Ok(readyz(&node)),
+        (&Method::GET, "/v1/stats") => Ok(json(
+            StatusCode::OK,
+            Bytes::from(serde_json::to_vec(&node.stats_snapshot()).unwrap_or_default()),
+        )),
+        (&Method::GET, "/v1/ws") => transport::ws::upgrade(node, conn, request),
+        (&Method::GET, "/v1/sse") => transport::sse::open(node, conn, request).await,
+        (&Method::POST, p) if p.starts_with("/v1/publish/") => {
+            publish::http_publish(node, request, &p["/v1/publish/".len()..]).await
+        }
+        (_, "/healthz" | "/readyz" | "/v1/stats" | "/v1/ws" | "/v1/sse") => {
+            Err(not_allowed(&method))
+        }
+        (_, p) if p.starts_with("/v1/publish/") => Err(not_allowed(&method)),
+        _ => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no route for {method} {path}"),
+        )),
+    };
+    Ok(result.unwrap_or_else(|error| {
+        debug!(code = %error.code, reason = %error.reason, %method, %path, peer = %conn_for_log.peer, "request refused");
+        error.into_response()
+    }))
+}
+
+fn not_allowed(method: &Method) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("method {method} is not allowed on this route"),
+    )
+}
+
+fn readyz(node: &Node) -> Response<Body> {
+    if node.is_ready() {
+        json(StatusCode::OK, Bytes::from_static(br#"{"ready":true}"#))
+    } else {
+        let reason = if node.shutdown.is_cancelled() {
+            "node is draining"
+        } else {
+            "LISTEN connection to PostgreSQL is down"
+        };
+        ApiError::new(ErrorCode::Unavailable, reason).into_response()
+    }
+}
+
+/// The query string's `name=value` pairs, percent-decoded.
+pub(crate) fn query_pairs<B>(request: &Request<B>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    request
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).collect())
+        .unwrap_or_default()
+}
+
+/// Every `channel=` of the query, validated and checked against the channel policy.
+pub(crate) fn query_channels(
+    pairs: &[(Cow<'_, str>, Cow<'_, str>)],
+) -> Result<Vec<Channel>, ApiError> {
+    pairs
+        .iter()
+        .filter(|(name, _)| name == "channel")
+        .map(|(_, value)| policy::client_channel(value))
+        .collect()
+}

@@ -1,0 +1,17 @@
+//! The pgpush edge node: the hub, the client transports, the HTTP server and the commands.
+//!
+//! `main.rs` only parses configuration and calls into this library, so tests and the binary
+//! run the same code.
+
+pub mod cli;
+pub mod config;
+mod http;
+pub mod hub;
+mod node;
+mod policy;
+mod publish;
+mod server;
+pub mod stats;
+mod transport;
+
+pub use node::{Node, StartError, run};

@@ -1,0 +1,133 @@
+//! The `pgpush` binary: parses configuration, starts logging, runs a command, exits.
+
+use std::{io::Write, process::ExitCode};
+
+use clap::Parser;
+use pgpush_edge::{
+    cli,
+    config::{Cli, CliCommand},
+};
+use pgpush_pg::throwaway::ThrowawayPostgres;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for bad configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return match error.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(EXIT_CONFIG),
+            };
+        }
+    };
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, error)) => {
+            eprintln!("pgpush: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
+    // A throwaway cluster is started on the main thread, before the runtime: its postmaster
+    // is tied to the starting thread's life, and the main thread lives as long as we do.
+    let mut throwaway = None;
+    if let CliCommand::Serve(config) = &cli.command
+        && config.database.database_url.is_none()
+    {
+        eprintln!("pgpush: DATABASE_URL is unset; starting a throwaway PostgreSQL");
+        let cluster = ThrowawayPostgres::start().map_err(|e| (1, e.into()))?;
+        eprintln!(
+            "pgpush: throwaway PostgreSQL at {} (removed on exit)",
+            cluster.url()
+        );
+        throwaway = Some(cluster);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (1, e.into()))?;
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        match cli.command {
+            CliCommand::Serve(mut config) => {
+                if let Some(cluster) = &throwaway {
+                    config.database.database_url = Some(cluster.url());
+                }
+                pgpush_edge::run(config, shutdown, |address| {
+                    let mut out = std::io::stdout();
+                    let _ = writeln!(out, "pgpush listening on http://{address}");
+                    let _ = out.flush();
+                })
+                .await
+                .map_err(|e| match e {
+                    pgpush_edge::StartError::Bind { .. } => (1, e.into()),
+                    _ => (EXIT_CONFIG, e.into()),
+                })
+            }
+            CliCommand::Listen(args) => {
+                cli::listen(args.database.database_url, &args.channels, shutdown)
+                    .await
+                    .map_err(command_error)
+            }
+            CliCommand::Notify(args) => {
+                cli::notify(args.database.database_url, &args.channel, &args.payload)
+                    .await
+                    .map_err(command_error)
+            }
+        }
+    });
+    // Connections and tasks are gone before the cluster they used is removed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    drop(throwaway);
+    result
+}
+
+fn command_error(error: cli::CommandError) -> (u8, anyhow::Error) {
+    let code = match error {
+        cli::CommandError::NoDatabase | cli::CommandError::BadChannel { .. } => EXIT_CONFIG,
+        cli::CommandError::Database(_) => 1,
+    };
+    (code, error.into())
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT; a second signal exits at once.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received; shutting down (again to exit now)");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    std::process::exit(130);
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,145 @@
+//! One edge node: builds the listener, hub and pool, serves until shutdown, then drains.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use pgpush_pg::{ConnectOptions, Listener, Publisher};
+use pgpush_protocol::StatsSnapshot;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::info;
+
+use crate::{
+    config::ServeConfig,
+    hub::{Hub, QueueLimits},
+    server,
+    stats::Stats,
+};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No database URL was configured.
+    #[error("no database configured: set DATABASE_URL or --database-url")]
+    NoDatabase,
+    /// The database URL does not parse.
+    #[error("bad database URL: {0}")]
+    Database(#[from] pgpush_pg::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The configured address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The shared state of a running node, handed to every connection.
+#[derive(Debug)]
+pub struct Node {
+    /// The configuration it was started with.
+    pub config: ServeConfig,
+    /// Name in stats and logs.
+    pub node_id: String,
+    /// Channel -> subscribers.
+    pub hub: Arc<Hub>,
+    /// The publish pool.
+    pub publisher: Publisher,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Cancelled when the node starts shutting down; connections close on it.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl Node {
+    /// True when the node should receive new clients: LISTEN connection up, not draining.
+    pub fn is_ready(&self) -> bool {
+        self.hub.listener_up() && !self.shutdown.is_cancelled()
+    }
+
+    /// The `/v1/stats` document.
+    pub fn stats_snapshot(&self) -> StatsSnapshot {
+        self.stats.snapshot(
+            &self.node_id,
+            self.hub.listener_up(),
+            self.hub.channels_listened(),
+        )
+    }
+
+    /// The WebSocket settings: a small read buffer (idle connections cost little memory),
+    /// an inbound message cap, and a write buffer that coalesces a batch into few syscalls.
+    pub(crate) fn websocket_config(&self) -> WebSocketConfig {
+        let max = self.config.max_message_bytes;
+        WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(16 * 1024 + max.max(8 << 20) * 2)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+    }
+}
+
+/// Runs a node until `shutdown` is cancelled: binds `config.listen`, calls `on_bound` with the
+/// bound address, serves clients, then drains (close clients, wait up to the shutdown timeout,
+/// close the LISTEN connection last).
+pub async fn run(
+    config: ServeConfig,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(SocketAddr),
+) -> Result<(), StartError> {
+    let url = config
+        .database
+        .database_url
+        .clone()
+        .ok_or(StartError::NoDatabase)?;
+    let options = ConnectOptions::parse(&url)?;
+    let socket = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            address: config.listen,
+            source,
+        })?;
+    let address = socket.local_addr().map_err(|source| StartError::Bind {
+        address: config.listen,
+        source,
+    })?;
+
+    let stats = Arc::new(Stats::default());
+    let (listener, listener_task) = Listener::new(options.listener());
+    let hub = Arc::new(Hub::new(
+        listener,
+        stats.clone(),
+        QueueLimits {
+            messages: config.max_queue_messages,
+            bytes: config.max_queue_bytes,
+        },
+    ));
+    // The LISTEN connection has its own token: it closes last, after clients are gone.
+    let listener_shutdown = CancellationToken::new();
+    let listener_handle = tokio::spawn(listener_task.run(hub.clone(), listener_shutdown.clone()));
+    let publisher = Publisher::new(options.pool(), config.pool_size)?;
+    let node = Arc::new(Node {
+        node_id: config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| address.to_string()),
+        config,
+        hub,
+        publisher,
+        stats,
+        shutdown: shutdown.clone(),
+        tracker: TaskTracker::new(),
+    });
+    info!(%address, node = %node.node_id, "pgpush listening");
+    on_bound(address);
+
+    server::serve(socket, node.clone()).await;
+
+    listener_shutdown.cancel();
+    let _ = listener_handle.await;
+    info!("pgpush stopped");
+    Ok(())
+}

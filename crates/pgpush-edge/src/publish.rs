@@ -1,0 +1,115 @@
+//! Publishing from clients: `POST /v1/publish/<channel>` and the WebSocket `publish` op.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
+use pgpush_protocol::{Channel, ErrorCode, MAX_NOTIFY_PAYLOAD_BYTES, PublishMode, publish_reply};
+use tracing::error;
+
+use crate::{
+    Node,
+    http::{ApiError, Body, json, query_pairs},
+    policy,
+};
+
+use std::sync::atomic::Ordering;
+
+/// `POST /v1/publish/<channel>?mode=durable|ephemeral`; the body is the payload.
+pub(crate) async fn http_publish(
+    node: Arc<Node>,
+    request: Request<Incoming>,
+    channel_path: &str,
+) -> Result<Response<Body>, ApiError> {
+    let name = percent_decode_str(channel_path)
+        .decode_utf8()
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadChannel,
+                "channel name is not UTF-8 after URL decoding",
+            )
+        })?;
+    let channel = policy::client_channel(&name)?;
+    let mode = match query_pairs(&request)
+        .iter()
+        .find(|(name, _)| name == "mode")
+        .map(|(_, value)| value.clone())
+    {
+        None => PublishMode::Durable,
+        Some(value) => PublishMode::parse(&value).ok_or_else(|| {
+            ApiError::new(ErrorCode::BadRequest, "mode must be durable or ephemeral")
+        })?,
+    };
+    let limit = node.config.max_message_bytes;
+    let body = Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|error| {
+            if error.is::<http_body_util::LengthLimitError>() {
+                ApiError::new(ErrorCode::TooLarge, format!("body is over {limit} bytes"))
+            } else {
+                ApiError::new(ErrorCode::BadRequest, "could not read the request body")
+            }
+        })?
+        .to_bytes();
+    let payload = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(ErrorCode::BadPayload, "payload must be UTF-8 text"))?;
+    let cursor = publish(&node, &channel, payload, mode).await?;
+    Ok(json(
+        StatusCode::OK,
+        publish_reply(&channel, mode, cursor.as_deref()),
+    ))
+}
+
+/// Publishes `payload` on `channel`; returns the cursor of a durable publish. Subscribers,
+/// this node's included, receive it through PostgreSQL, exactly once.
+pub(crate) async fn publish(
+    node: &Node,
+    channel: &Channel,
+    payload: &str,
+    mode: PublishMode,
+) -> Result<Option<String>, ApiError> {
+    if payload.contains('\0') {
+        return Err(ApiError::new(
+            ErrorCode::BadPayload,
+            "payload must not contain NUL",
+        ));
+    }
+    match mode {
+        PublishMode::Durable => Err(ApiError::new(
+            ErrorCode::NotImplemented,
+            "durable publishing is not available on this server yet; use mode=ephemeral",
+        )),
+        PublishMode::Ephemeral => {
+            if payload.len() > MAX_NOTIFY_PAYLOAD_BYTES {
+                return Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "ephemeral payload is {} bytes; NOTIFY carries at most {MAX_NOTIFY_PAYLOAD_BYTES}",
+                        payload.len()
+                    ),
+                ));
+            }
+            node.publisher
+                .notify(channel.as_str(), payload)
+                .await
+                .map_err(database_error)?;
+            node.stats.publishes.fetch_add(1, Ordering::Relaxed);
+            Ok(None)
+        }
+    }
+}
+
+/// Maps a database failure to what the client is told; internals go to the log only.
+pub(crate) fn database_error(failure: pgpush_pg::Error) -> ApiError {
+    if failure.is_payload_too_large() {
+        ApiError::new(ErrorCode::TooLarge, "payload too large for NOTIFY")
+    } else if failure.is_unavailable() || failure.is_queue_full() {
+        ApiError::new(ErrorCode::Unavailable, "database unavailable; retry later")
+    } else {
+        error!(error = %failure, "publish failed");
+        ApiError::new(ErrorCode::Internal, "publish failed")
+    }
+}

@@ -1,0 +1,90 @@
+//! The accept loop and per-connection HTTP/1.1 serving with upgrades, until shutdown drains.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    Node,
+    http::{ConnInfo, route},
+};
+
+/// How long a client may take to send its request headers (slow-header clients are cut).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection cut as slow may keep writing what it has (its error event, its close
+/// frame) before it is dropped.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Accepts clients until `node.shutdown` is cancelled, then waits (up to the shutdown timeout)
+/// for every connection task to finish.
+pub(crate) async fn serve(socket: TcpListener, node: Arc<Node>) {
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            accepted = socket.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    node.tracker.spawn(serve_connection(stream, peer, node.clone()));
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    // Stop accepting: new connections are refused by the kernel from here on.
+    drop(socket);
+    node.tracker.close();
+    let open = node.tracker.len();
+    info!(open, "draining connections");
+    if tokio::time::timeout(node.config.shutdown_timeout, node.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = node.tracker.len(),
+            "shutdown timeout reached with connections still open"
+        );
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>) {
+    let _ = stream.set_nodelay(true);
+    let conn = Arc::new(ConnInfo {
+        peer,
+        kill: CancellationToken::new(),
+    });
+    let service = {
+        let node = node.clone();
+        let conn = conn.clone();
+        service_fn(move |request| route(node.clone(), conn.clone(), request))
+    };
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = node.shutdown.cancelled() => {
+            // Finish the request in flight (streams end on the same token), then close.
+            connection.as_mut().graceful_shutdown();
+            tokio::time::timeout(node.config.shutdown_timeout, connection.as_mut())
+                .await
+                .unwrap_or(Ok(()))
+        }
+        _ = conn.kill.cancelled() => {
+            tokio::time::timeout(KILL_GRACE, connection.as_mut()).await.unwrap_or(Ok(()))
+        }
+    };
+    if let Err(error) = result {
+        // Clients hanging up mid-request are routine, not server errors.
+        debug!(%error, %peer, "connection ended with an error");
+    }
+}

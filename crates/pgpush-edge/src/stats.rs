@@ -1,0 +1,103 @@
+//! Node counters behind `/v1/stats`, and guards that keep the connection gauges exact.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use pgpush_protocol::{ConnectionCounts, StatsSnapshot};
+
+/// A client transport, for the per-transport connection gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `/v1/ws`
+    WebSocket,
+    /// `/v1/sse`
+    Sse,
+}
+
+/// The node's counters. Gauges are only changed through [`ConnectionGuard`] and the hub, so
+/// they return to zero when every client has left.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Open WebSocket connections.
+    pub websocket: AtomicU64,
+    /// Open SSE streams.
+    pub sse: AtomicU64,
+    /// Current (connection, channel) subscriptions.
+    pub subscriptions: AtomicU64,
+    /// Notifications received from PostgreSQL.
+    pub messages_in: AtomicU64,
+    /// Messages written to clients.
+    pub messages_out: AtomicU64,
+    /// Clients cut off as slow.
+    pub slow_consumers: AtomicU64,
+    /// Publishes accepted.
+    pub publishes: AtomicU64,
+    /// Connections the listener has made (1 = never reconnected).
+    pub listener_generation: AtomicU64,
+}
+
+impl Stats {
+    /// Counts a connection of `transport` until the guard drops.
+    pub fn connection(self: &Arc<Self>, transport: Transport) -> ConnectionGuard {
+        self.gauge(transport).fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            stats: self.clone(),
+            transport,
+        }
+    }
+
+    fn gauge(&self, transport: Transport) -> &AtomicU64 {
+        match transport {
+            Transport::WebSocket => &self.websocket,
+            Transport::Sse => &self.sse,
+        }
+    }
+
+    /// Adds `n` delivered messages.
+    pub fn delivered(&self, n: usize) {
+        self.messages_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The `/v1/stats` document.
+    pub fn snapshot(
+        &self,
+        node: &str,
+        listener_up: bool,
+        channels_listened: usize,
+    ) -> StatsSnapshot {
+        let websocket = self.websocket.load(Ordering::Relaxed);
+        let sse = self.sse.load(Ordering::Relaxed);
+        StatsSnapshot {
+            node: node.to_owned(),
+            listener: if listener_up { "up" } else { "down" }.to_owned(),
+            connections: ConnectionCounts {
+                total: websocket + sse,
+                websocket,
+                sse,
+            },
+            subscriptions: self.subscriptions.load(Ordering::Relaxed),
+            channels_listened: channels_listened as u64,
+            messages_in: self.messages_in.load(Ordering::Relaxed),
+            messages_out: self.messages_out.load(Ordering::Relaxed),
+            slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
+            publishes: self.publishes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Decrements its transport's gauge when dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    stats: Arc<Stats>,
+    transport: Transport,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.stats
+            .gauge(self.transport)
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,4 @@
+//! Client transports: thin adapters from a subscriber's queue of shared messages to one wire format.
+
+pub(crate) mod sse;
+pub(crate) mod ws;

@@ -1,0 +1,88 @@
+//! Connection settings for the LISTEN connection and the pool, and SQL identifier quoting.
+
+use std::time::Duration;
+
+use tokio_postgres::config::TargetSessionAttrs;
+
+/// How pgpush connects to PostgreSQL, derived from one connection URL.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    base: tokio_postgres::Config,
+}
+
+impl ConnectOptions {
+    /// Parses a `postgres://` URL or a `key=value` connection string.
+    pub fn parse(url: &str) -> Result<ConnectOptions, crate::Error> {
+        let base: tokio_postgres::Config = url.parse().map_err(crate::Error::config)?;
+        Ok(ConnectOptions { base })
+    }
+
+    /// Settings for the LISTEN connection: it must reach the primary (LISTEN fails on a hot
+    /// standby) and notice a dead peer within seconds, not after the 2-hour TCP default.
+    pub fn listener(&self) -> tokio_postgres::Config {
+        let mut config = self.base.clone();
+        config
+            .target_session_attrs(TargetSessionAttrs::ReadWrite)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(10));
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("pgpush-listener");
+        }
+        config
+    }
+
+    /// Settings for pooled connections that publish and query.
+    pub fn pool(&self) -> tokio_postgres::Config {
+        let mut config = self.base.clone();
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(15))
+            .tcp_user_timeout(Duration::from_secs(15));
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("pgpush-pool");
+        }
+        config
+    }
+}
+
+/// Quotes `name` as a PostgreSQL identifier: wrapped in `"` with every `"` doubled.
+///
+/// `LISTEN` is a utility statement and takes no bind parameters; this is the only way a
+/// channel name enters SQL text. Names are validated (no NUL, at most 63 bytes) before.
+pub fn quote_ident(name: &str) -> String {
+    let mut quoted = String::with_capacity(name.len() + 2);
+    quoted.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            quoted.push('"');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_ident;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("chat"), r#""chat""#);
+        assert_eq!(quote_ident("Foo"), r#""Foo""#);
+        assert_eq!(
+            quote_ident(r#"a"; DROP TABLE x; --"#),
+            r#""a""; DROP TABLE x; --""#
+        );
+        assert_eq!(quote_ident("caf\u{e9}"), "\"caf\u{e9}\"");
+    }
+}

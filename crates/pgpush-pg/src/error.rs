@@ -1,0 +1,118 @@
+//! The crate's one error type: opaque, with predicates for the cases callers branch on.
+
+use std::{error::Error as StdError, fmt};
+
+/// A failure talking to PostgreSQL.
+///
+/// Callers branch with the `is_*` predicates; everything else is for logs.
+#[derive(Debug)]
+pub struct Error {
+    kind: Kind,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Config,
+    Unavailable,
+    PayloadTooLarge,
+    QueueFull,
+    Db,
+}
+
+impl Error {
+    pub(crate) fn config(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Error {
+        Error {
+            kind: Kind::Config,
+            source: Some(source.into()),
+        }
+    }
+
+    pub(crate) fn unavailable(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Error {
+        Error {
+            kind: Kind::Unavailable,
+            source: Some(source.into()),
+        }
+    }
+
+    /// True when the database could not be reached (connect failure, closed connection, pool
+    /// timeout): the request may succeed later.
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == Kind::Unavailable
+    }
+
+    /// True when a `NOTIFY` payload was above PostgreSQL's 7,999-byte limit.
+    pub fn is_payload_too_large(&self) -> bool {
+        self.kind == Kind::PayloadTooLarge
+    }
+
+    /// True when PostgreSQL's notification queue is full (SQLSTATE 54000).
+    pub fn is_queue_full(&self) -> bool {
+        self.kind == Kind::QueueFull
+    }
+
+    /// True for a bad connection URL.
+    pub fn is_config(&self) -> bool {
+        self.kind == Kind::Config
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(error: tokio_postgres::Error) -> Error {
+        use tokio_postgres::error::SqlState;
+        let kind = match error.code() {
+            Some(code) if *code == SqlState::INVALID_PARAMETER_VALUE => Kind::PayloadTooLarge,
+            Some(code) if *code == SqlState::PROGRAM_LIMIT_EXCEEDED => Kind::QueueFull,
+            Some(code)
+                if *code == SqlState::ADMIN_SHUTDOWN
+                    || *code == SqlState::CRASH_SHUTDOWN
+                    || *code == SqlState::CANNOT_CONNECT_NOW =>
+            {
+                Kind::Unavailable
+            }
+            Some(_) => Kind::Db,
+            None => Kind::Unavailable,
+        };
+        Error {
+            kind,
+            source: Some(Box::new(error)),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(error: deadpool_postgres::PoolError) -> Error {
+        match error {
+            deadpool_postgres::PoolError::Backend(error) => Error::from(error),
+            other => Error::unavailable(other),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            Kind::Config => "bad database configuration",
+            Kind::Unavailable => "database unavailable",
+            Kind::PayloadTooLarge => "payload too large for NOTIFY",
+            Kind::QueueFull => "notification queue full",
+            Kind::Db => "database error",
+        };
+        f.write_str(what)?;
+        // tokio-postgres prints only "db error" itself; the server's message is in the chain.
+        let mut next: Option<&(dyn StdError + 'static)> = self.source();
+        while let Some(error) = next {
+            write!(f, ": {error}")?;
+            next = error.source();
+        }
+        Ok(())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}

@@ -1,0 +1,17 @@
+//! pgpush's PostgreSQL side: the single LISTEN connection, the publish pool, and throwaway clusters.
+//!
+//! The LISTEN connection is a plain `tokio_postgres` connection driven by `poll_message`; it is
+//! never taken from the pool (deadpool's connections drop notifications and its recycling runs
+//! `UNLISTEN *`).
+
+mod connect;
+mod error;
+mod listener;
+mod publisher;
+pub mod throwaway;
+
+pub use connect::{ConnectOptions, quote_ident};
+pub use error::Error;
+pub use listener::{Listener, ListenerState, ListenerTask, NotificationSink};
+pub use publisher::Publisher;
+pub use tokio_postgres::Config as PgConfig;

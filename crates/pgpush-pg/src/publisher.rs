@@ -1,0 +1,51 @@
+//! The publish pool: deadpool-postgres with explicit timeouts, used for `pg_notify` and queries.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::Error;
+
+/// Publishes through a small pool of connections, never through the LISTEN connection.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    pool: Pool,
+}
+
+impl Publisher {
+    /// Builds the pool (connections open lazily). `config` comes from
+    /// [`crate::ConnectOptions::pool`].
+    pub fn new(config: tokio_postgres::Config, max_size: usize) -> Result<Publisher, Error> {
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(2)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(2)))
+            .build()
+            .map_err(Error::config)?;
+        Ok(Publisher { pool })
+    }
+
+    /// `SELECT pg_notify($1, $2)`: an ephemeral message to whoever LISTENs on `channel`,
+    /// this node's own subscribers included (they hear it through PostgreSQL like everyone).
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<(), Error> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
+        client.execute(&statement, &[&channel, &payload]).await?;
+        Ok(())
+    }
+
+    /// The underlying pool, for queries of other modules.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}

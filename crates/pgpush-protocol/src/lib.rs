@@ -1,0 +1,22 @@
+//! Sans-IO wire formats of pgpush: everything a client and a server say to each other, with no IO.
+//!
+//! This is the only crate that defines wire types with serde. Encoders here produce shared
+//! [`bytes::Bytes`] so a message fanned out to many subscribers is encoded once per transport.
+
+mod channel;
+mod error_code;
+mod frame;
+mod message;
+mod payload;
+pub mod sse;
+mod stats;
+
+pub use channel::{Channel, ChannelError, MAX_CHANNEL_BYTES, RESERVED_PREFIX};
+pub use error_code::ErrorCode;
+pub use frame::{
+    ClientFrame, FrameError, ParsedFrame, PublishMode, ServerFrame, http_error_body,
+    parse_client_frame, publish_reply, raw_reference,
+};
+pub use message::Message;
+pub use payload::{MAX_NOTIFY_PAYLOAD_BYTES, Payload};
+pub use stats::{ConnectionCounts, StatsSnapshot};

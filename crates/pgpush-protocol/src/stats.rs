@@ -1,0 +1,37 @@
+//! The `/v1/stats` document: a node's connections, subscriptions and message counters.
+
+use serde::{Deserialize, Serialize};
+
+/// What `GET /v1/stats` answers. Counters only grow; gauges return to 0 when clients leave.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    /// The node's id (`--node-id`, default host:port).
+    pub node: String,
+    /// `up` while the LISTEN connection is up, else `down`.
+    pub listener: String,
+    /// Open client connections by transport.
+    pub connections: ConnectionCounts,
+    /// (connection, channel) pairs currently subscribed.
+    pub subscriptions: u64,
+    /// Channels this node currently LISTENs to.
+    pub channels_listened: u64,
+    /// Notifications received from PostgreSQL.
+    pub messages_in: u64,
+    /// Messages written to clients.
+    pub messages_out: u64,
+    /// Clients cut off because their queue overflowed.
+    pub slow_consumers: u64,
+    /// Publishes accepted from clients.
+    pub publishes: u64,
+}
+
+/// Open connections by transport.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionCounts {
+    /// All transports.
+    pub total: u64,
+    /// `/v1/ws`.
+    pub websocket: u64,
+    /// `/v1/sse`.
+    pub sse: u64,
+}
