@@ -72,6 +72,7 @@ impl Stats {
         StatsSnapshot {
             node: node.to_owned(),
             listener: if listener_up { "up" } else { "down" }.to_owned(),
+            listener_connections: self.listener_generation.load(Ordering::Relaxed),
             connections: ConnectionCounts {
                 total: websocket + sse,
                 websocket,

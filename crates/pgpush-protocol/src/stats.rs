@@ -9,6 +9,8 @@ pub struct StatsSnapshot {
     pub node: String,
     /// `up` while the LISTEN connection is up, else `down`.
     pub listener: String,
+    /// LISTEN connections made since start (1 until the first reconnect).
+    pub listener_connections: u64,
     /// Open client connections by transport.
     pub connections: ConnectionCounts,
     /// (connection, channel) pairs currently subscribed.

@@ -1,0 +1,14 @@
+//! pgpush's integration tests: one binary, a module per area, real PostgreSQL and processes.
+
+mod bad_input;
+mod commands;
+mod delivery;
+mod listen_set;
+mod reconnect;
+mod shutdown;
+mod slow_consumer;
+
+use std::time::Duration;
+
+/// Generous bound for anything that should take milliseconds (CI machines are slow).
+pub const SOON: Duration = Duration::from_secs(10);

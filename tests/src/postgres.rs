@@ -1,0 +1,100 @@
+//! A throwaway PostgreSQL cluster per test, with async helpers to query and NOTIFY.
+
+use std::time::Duration;
+
+use pgpush_pg::throwaway::{ThrowawayOptions, ThrowawayPostgres};
+use tokio_postgres::{Client, NoTls};
+
+/// A cluster of the test's own, removed when dropped.
+#[derive(Debug)]
+pub struct TestPostgres {
+    cluster: std::sync::Arc<ThrowawayPostgres>,
+}
+
+impl TestPostgres {
+    /// Starts a cluster; panics with the setup command when PostgreSQL is not installed.
+    pub fn start() -> TestPostgres {
+        TestPostgres::start_with(ThrowawayOptions::default())
+    }
+
+    /// Starts a cluster with extra server settings.
+    pub fn start_with(options: ThrowawayOptions) -> TestPostgres {
+        match ThrowawayPostgres::start_with(options) {
+            Ok(cluster) => TestPostgres {
+                cluster: std::sync::Arc::new(cluster),
+            },
+            Err(error) => panic!("cannot start a throwaway PostgreSQL: {error}"),
+        }
+    }
+
+    /// The connection URL.
+    pub fn url(&self) -> String {
+        self.cluster.url()
+    }
+
+    /// The server log file.
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.cluster.root().join("postgres.log")
+    }
+
+    /// A new session (its own connection), retrying for up to 10 s while the server starts.
+    pub async fn client(&self) -> Client {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio_postgres::connect(&self.url(), NoTls).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(connection);
+                    return client;
+                }
+                Err(error) if tokio::time::Instant::now() > deadline => {
+                    panic!("cannot connect to the test cluster: {error}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// `SELECT pg_notify($1, $2)` from a fresh session.
+    pub async fn notify(&self, channel: &str, payload: &str) {
+        self.client()
+            .await
+            .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+            .await
+            .expect("pg_notify");
+    }
+
+    /// `pg_ctl stop -m fast`, then start again on the same port (blocking work off the runtime).
+    pub async fn restart_fast(&self) {
+        let cluster = self.cluster.clone();
+        tokio::task::spawn_blocking(move || cluster.restart_fast())
+            .await
+            .expect("restart task")
+            .expect("restart PostgreSQL");
+    }
+
+    /// Number of sessions with this `application_name`.
+    pub async fn sessions_named(&self, application_name: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&application_name],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0)
+    }
+
+    /// Terminates the sessions with this `application_name`; returns how many.
+    pub async fn terminate_sessions_named(&self, application_name: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                &[&application_name],
+            )
+            .await
+            .expect("pg_terminate_backend")
+            .get(0)
+    }
+}
