@@ -202,12 +202,24 @@ async fn own_publish_reaches_every_subscriber_exactly_once() {
             _ => panic!("unexpected {frame}"),
         }
     }
-    let response = http::post(edge.address(), "/v1/publish/room?mode=ephemeral", r#"{"n": 2}"#).await;
+    let response = http::post(
+        edge.address(),
+        "/v1/publish/room?mode=ephemeral",
+        r#"{"n": 2}"#,
+    )
+    .await;
     assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(response.json(), json!({"channel": "room", "mode": "ephemeral"}));
+    assert_eq!(
+        response.json(),
+        json!({"channel": "room", "mode": "ephemeral"})
+    );
     pg.notify("room", r#"{"n": 3}"#).await;
     while seen.len() < 3 {
-        seen.push(publisher.next_message(SOON).await["data"]["n"].as_i64().unwrap());
+        seen.push(
+            publisher.next_message(SOON).await["data"]["n"]
+                .as_i64()
+                .unwrap(),
+        );
     }
     assert_eq!(seen, [1, 2, 3]);
     for client in [&mut publisher_second_tab, &mut other] {

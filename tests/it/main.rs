@@ -3,6 +3,9 @@
 mod bad_input;
 mod commands;
 mod delivery;
+mod hippie_flows;
+mod hippie_queue;
+mod hippie_wire;
 mod listen_set;
 mod reconnect;
 mod shutdown;

@@ -72,3 +72,45 @@ pub async fn get(address: SocketAddr, path: &str) -> HttpResponse {
 pub async fn post(address: SocketAddr, path: &str, body: impl Into<Bytes>) -> HttpResponse {
     request(address, Method::POST, path, &[], body).await
 }
+
+/// One keep-alive HTTP/1.1 connection for many requests.
+#[derive(Debug)]
+pub struct HttpConnection {
+    address: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl HttpConnection {
+    /// Connects.
+    pub async fn open(address: SocketAddr) -> HttpConnection {
+        let stream = TcpStream::connect(address).await.expect("connect");
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("http handshake");
+        tokio::spawn(connection);
+        HttpConnection { address, sender }
+    }
+
+    /// `GET path` on this connection.
+    pub async fn get(&mut self, path: &str) -> HttpResponse {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", self.address.to_string())
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        self.sender.ready().await.expect("connection ready");
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .expect("send request");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("read body").to_bytes();
+        HttpResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}

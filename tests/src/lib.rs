@@ -6,6 +6,7 @@
 pub mod edge;
 pub mod http;
 pub mod postgres;
+pub mod raw;
 pub mod sse;
 pub mod ws;
 

@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run an edge node (a throwaway local PostgreSQL when DATABASE_URL is unset).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Print every notification on the given channels, like the original C listener.
     Listen(ListenArgs),
     /// Send one notification with pg_notify.
@@ -78,6 +78,91 @@ pub struct ServeConfig {
     /// How long shutdown waits for connections to close before exiting anyway.
     #[arg(long, env = "PGPUSH_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Peers whose `X-Forwarded-For` is believed (IP addresses or CIDR networks, comma-separated).
+    #[arg(long = "trusted-proxy", env = "PGPUSH_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// The Hippie compatibility routes.
+    #[command(flatten)]
+    pub hippie: HippieConfig,
+}
+
+/// Settings of the Hippie routes (the original Web::Hippie::PubSub protocol).
+#[derive(Debug, Clone, Args)]
+pub struct HippieConfig {
+    /// Turn the Hippie routes off.
+    #[arg(long = "no-hippie", env = "PGPUSH_NO_HIPPIE")]
+    pub disabled: bool,
+
+    /// Path prefix of the Hippie routes.
+    #[arg(long = "hippie-prefix", env = "PGPUSH_HIPPIE_PREFIX", default_value = "/_hippie", value_parser = parse_prefix)]
+    pub prefix: String,
+
+    /// Interval of `{"type":"ping"}` keepalive messages on WebSocket and MXHR; 0 disables.
+    #[arg(long = "hippie-keepalive", env = "PGPUSH_HIPPIE_KEEPALIVE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub keepalive: Duration,
+
+    /// How long a long poll with nothing to deliver is held before it answers `[]`.
+    #[arg(long = "hippie-poll-hold", env = "PGPUSH_HIPPIE_POLL_HOLD", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub poll_hold: Duration,
+
+    /// How long a client's queue outlives its connection when it was created over WebSocket.
+    #[arg(long = "hippie-ws-window", env = "PGPUSH_HIPPIE_WS_WINDOW", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub ws_window: Duration,
+
+    /// How long a client's queue outlives its connection when it was created over MXHR or poll.
+    #[arg(long = "hippie-window", env = "PGPUSH_HIPPIE_WINDOW", default_value = "55s", value_parser = humantime::parse_duration)]
+    pub window: Duration,
+
+    /// Messages one client's queue holds while nobody reads it; overflow is reported to the client.
+    #[arg(
+        long = "hippie-queue-messages",
+        env = "PGPUSH_HIPPIE_QUEUE_MESSAGES",
+        default_value_t = 1000
+    )]
+    pub queue_messages: usize,
+
+    /// Most client queues the node keeps at once; beyond it new clients get 503.
+    #[arg(
+        long = "hippie-max-queues",
+        env = "PGPUSH_HIPPIE_MAX_QUEUES",
+        default_value_t = 100_000
+    )]
+    pub max_queues: usize,
+
+    /// Refuse publishes that do not carry the client_id of a live queue.
+    #[arg(
+        long = "hippie-require-client-id",
+        env = "PGPUSH_HIPPIE_REQUIRE_CLIENT_ID"
+    )]
+    pub require_client_id: bool,
+
+    /// Only accept WebSocket handshakes and publishes whose Origin matches this regex (anchored
+    /// at the start); others get 403 "origin not allowed".
+    #[arg(long = "hippie-trusted-origin", env = "PGPUSH_HIPPIE_TRUSTED_ORIGIN", value_parser = parse_origin_regex)]
+    pub trusted_origin: Option<regex_lite::Regex>,
+}
+
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR network"))
+}
+
+fn parse_prefix(text: &str) -> Result<String, String> {
+    let trimmed = text.trim_end_matches('/');
+    if !trimmed.starts_with('/') || trimmed.len() < 2 {
+        return Err(format!(
+            "{text:?}: the prefix must start with / and not be /"
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn parse_origin_regex(text: &str) -> Result<regex_lite::Regex, String> {
+    regex_lite::Regex::new(&format!("^(?:{text})")).map_err(|e| e.to_string())
 }
 
 /// `pgpush listen <channel>...`
@@ -109,7 +194,7 @@ impl ServeConfig {
         let mut config = match Cli::try_parse_from(["pgpush", "serve"]) {
             Ok(Cli {
                 command: CliCommand::Serve(config),
-            }) => config,
+            }) => *config,
             _ => unreachable!("defaults parse"),
         };
         config.listen = address;
@@ -152,5 +237,8 @@ mod tests {
         assert!(Cli::try_parse_from(["pgpush", "serve", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["pgpush", "serve", "--ping-interval", "soon"]).is_err());
         assert!(Cli::try_parse_from(["pgpush", "listen"]).is_err());
+        assert!(Cli::try_parse_from(["pgpush", "serve", "--hippie-prefix", "/"]).is_err());
+        assert!(Cli::try_parse_from(["pgpush", "serve", "--trusted-proxy", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["pgpush", "serve", "--hippie-trusted-origin", "("]).is_err());
     }
 }

@@ -1,6 +1,11 @@
 //! HTTP plumbing: the router, the one place errors become responses, and small helpers.
 
-use std::{borrow::Cow, convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    borrow::Cow,
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -10,7 +15,7 @@ use pgpush_protocol::{Channel, ErrorCode, http_error_body};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{Node, policy, publish, transport};
+use crate::{Node, hippie, policy, publish, transport};
 
 /// Every response body: full bytes or a stream.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -61,7 +66,7 @@ pub(crate) fn json(status: StatusCode, body: Bytes) -> Response<Body> {
     response
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -81,6 +86,14 @@ pub(crate) async fn route(
     let method = request.method().clone();
     let conn_for_log = conn.clone();
     let result = match (&method, path.as_str()) {
+        (_, p) if node.hippie.as_ref().is_some_and(|h| h.owns(p)) => {
+            let rest = node
+                .hippie
+                .as_ref()
+                .map(|h| h.rest(p).to_owned())
+                .unwrap_or_default();
+            return Ok(hippie::route(node, conn, request, &rest).await);
+        }
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET, "/readyz") => Ok(readyz(&node)),
         (&Method::GET, "/v1/stats") => Ok(json(
@@ -127,6 +140,39 @@ fn readyz(node: &Node) -> Response<Body> {
     }
 }
 
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the rightmost
+/// `X-Forwarded-For` entry that is not itself a trusted proxy. An untrusted peer cannot spoof it.
+pub(crate) fn client_address(
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut address = peer.to_canonical();
+    if !is_trusted(&address) {
+        return address;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for entry in forwarded.iter().rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) => {
+                address = ip.to_canonical();
+                if !is_trusted(&address) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    address
+}
+
 /// The query string's `name=value` pairs, percent-decoded.
 pub(crate) fn query_pairs<B>(request: &Request<B>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     request
@@ -145,4 +191,50 @@ pub(crate) fn query_channels(
         .filter(|(name, _)| name == "channel")
         .map(|(_, value)| policy::client_channel(value))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(peer: &str, forwarded: &[&str], trusted: &[&str], expected: &str) {
+        let mut headers = http::HeaderMap::new();
+        for value in forwarded {
+            headers.append("x-forwarded-for", value.parse().unwrap());
+        }
+        let trusted: Vec<ipnet::IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        let got = client_address(peer.parse().unwrap(), &headers, &trusted);
+        assert_eq!(
+            got.to_string(),
+            expected,
+            "{peer} {forwarded:?} {trusted:?}"
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        check("203.0.113.9", &["1.2.3.4"], &[], "203.0.113.9");
+        check("203.0.113.9", &["1.2.3.4"], &["10.0.0.0/8"], "203.0.113.9");
+        check("10.0.0.2", &["1.2.3.4"], &["10.0.0.0/8"], "1.2.3.4");
+        check(
+            "10.0.0.2",
+            &["6.6.6.6, 1.2.3.4, 10.0.0.7"],
+            &["10.0.0.0/8"],
+            "1.2.3.4",
+        );
+        check(
+            "10.0.0.2",
+            &["6.6.6.6", "1.2.3.4"],
+            &["10.0.0.0/8"],
+            "1.2.3.4",
+        );
+        check("10.0.0.2", &[], &["10.0.0.0/8"], "10.0.0.2");
+        check("10.0.0.2", &["garbage"], &["10.0.0.0/8"], "10.0.0.2");
+        check(
+            "::ffff:127.0.0.1",
+            &["9.9.9.9"],
+            &["127.0.0.1/32"],
+            "9.9.9.9",
+        );
+    }
 }

@@ -68,17 +68,27 @@ impl Hub {
         }
     }
 
-    /// A new client queue. `overflow` is cancelled when the queue overflows, so the transport
-    /// can tell the client (close 1013, an error event) and drop it.
-    pub fn outbox(&self, overflow: CancellationToken) -> (Arc<Outbox>, Inbox) {
-        let (sender, receiver) = mpsc::channel(self.limits.messages.max(1));
+    /// A new client queue with the hub's limits. `kill` is cancelled when the queue overflows,
+    /// so the transport tells the client (close 1013, an error event) and drops the connection.
+    pub fn outbox(&self, kill: Option<CancellationToken>) -> (Arc<Outbox>, Inbox) {
+        self.outbox_with(self.limits, kill)
+    }
+
+    /// A new client queue with its own limits.
+    pub fn outbox_with(
+        &self,
+        limits: QueueLimits,
+        kill: Option<CancellationToken>,
+    ) -> (Arc<Outbox>, Inbox) {
+        let (sender, receiver) = mpsc::channel(limits.messages.max(1));
         let outbox = Arc::new(Outbox {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             sender,
             queued_bytes: AtomicUsize::new(0),
-            max_bytes: self.limits.bytes,
+            max_bytes: limits.bytes,
             overflowed: AtomicBool::new(false),
-            overflow,
+            dropped: AtomicU64::new(0),
+            kill: Mutex::new(kill),
         });
         let inbox = Inbox {
             receiver,
@@ -218,7 +228,10 @@ pub struct Outbox {
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     overflowed: AtomicBool,
-    overflow: CancellationToken,
+    /// Messages not queued since the overflow.
+    dropped: AtomicU64,
+    /// The connection to cut when the queue overflows, if one is reading it.
+    kill: Mutex<Option<CancellationToken>>,
 }
 
 impl Outbox {
@@ -227,21 +240,46 @@ impl Outbox {
         self.id
     }
 
+    /// Sets (or clears) the connection cut when the queue overflows; a queue that outlives
+    /// its connections (Hippie) changes it as connections come and go.
+    pub fn set_kill(&self, kill: Option<CancellationToken>) {
+        *self.kill.lock().unwrap_or_else(|e| e.into_inner()) = kill;
+    }
+
+    /// If the queue overflowed, re-opens it and returns how many messages were dropped.
+    pub fn take_overflow(&self) -> Option<u64> {
+        self.overflowed
+            .swap(false, Ordering::AcqRel)
+            .then(|| self.dropped.swap(0, Ordering::AcqRel))
+    }
+
     /// Queues `message` without waiting. The first overflow marks the client slow and cancels
-    /// its overflow token; after that, nothing more is queued for it.
+    /// its kill token; after that nothing more is queued (only counted) until
+    /// [`Outbox::take_overflow`].
     fn offer(&self, message: &Arc<Message>) -> Offer {
-        if self.overflowed.load(Ordering::Relaxed) {
+        if self.overflowed.load(Ordering::Acquire) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             return Offer::Dropped;
         }
         let cost = message.queue_cost();
         let queued = self.queued_bytes.fetch_add(cost, Ordering::Relaxed) + cost;
-        let fits = queued <= self.max_bytes;
-        match fits.then(|| self.sender.try_send(message.clone())) {
-            Some(Ok(())) => Offer::Queued,
-            Some(Err(mpsc::error::TrySendError::Closed(_))) => Offer::Dropped,
-            None | Some(Err(mpsc::error::TrySendError::Full(_))) => {
-                self.overflowed.store(true, Ordering::Relaxed);
-                self.overflow.cancel();
+        let result = if queued <= self.max_bytes {
+            self.sender.try_send(message.clone())
+        } else {
+            Err(mpsc::error::TrySendError::Full(message.clone()))
+        };
+        match result {
+            Ok(()) => Offer::Queued,
+            Err(error) => {
+                self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+                if let mpsc::error::TrySendError::Closed(_) = error {
+                    return Offer::Dropped;
+                }
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.overflowed.store(true, Ordering::Release);
+                if let Some(kill) = &*self.kill.lock().unwrap_or_else(|e| e.into_inner()) {
+                    kill.cancel();
+                }
                 Offer::Overflowed
             }
         }
@@ -259,9 +297,28 @@ impl Inbox {
     /// Waits for at least one message and moves up to `limit` into `batch`. Returns 0 when the
     /// queue is closed.
     pub async fn recv_many(&mut self, batch: &mut Vec<Arc<Message>>, limit: usize) -> usize {
+        let before = batch.len();
         let received = self.receiver.recv_many(batch, limit).await;
-        self.account(batch);
+        self.account(&batch[before..]);
         received
+    }
+
+    /// Moves what is queued right now (up to `limit`) into `batch` without waiting.
+    pub fn try_recv_many(&mut self, batch: &mut Vec<Arc<Message>>, limit: usize) -> usize {
+        let before = batch.len();
+        while batch.len() - before < limit {
+            match self.receiver.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
+        }
+        self.account(&batch[before..]);
+        batch.len() - before
+    }
+
+    /// The queue's sending side.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
     }
 
     /// Poll form of [`Inbox::recv_many`], for response bodies.
@@ -271,9 +328,10 @@ impl Inbox {
         batch: &mut Vec<Arc<Message>>,
         limit: usize,
     ) -> std::task::Poll<usize> {
+        let before = batch.len();
         let polled = self.receiver.poll_recv_many(cx, batch, limit);
         if polled.is_ready() {
-            self.account(batch);
+            self.account(&batch[before..]);
         }
         polled
     }
@@ -294,6 +352,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The queue this session subscribes.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
     /// An empty session for `outbox`.
     pub fn new(hub: Arc<Hub>, outbox: Arc<Outbox>) -> Session {
         Session {

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+mod hippie;
 mod http;
 pub mod hub;
 mod node;

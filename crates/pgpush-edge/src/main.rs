@@ -63,7 +63,7 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
                 if let Some(cluster) = &throwaway {
                     config.database.database_url = Some(cluster.url());
                 }
-                pgpush_edge::run(config, shutdown, |address| {
+                pgpush_edge::run(*config, shutdown, |address| {
                     let mut out = std::io::stdout();
                     let _ = writeln!(out, "pgpush listening on http://{address}");
                     let _ = out.flush();

@@ -11,6 +11,7 @@ use tracing::info;
 
 use crate::{
     config::ServeConfig,
+    hippie::{Hippie, Registry},
     hub::{Hub, QueueLimits},
     server,
     stats::Stats,
@@ -52,6 +53,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The Hippie routes, unless turned off.
+    pub(crate) hippie: Option<Hippie>,
 }
 
 impl Node {
@@ -66,6 +69,7 @@ impl Node {
             &self.node_id,
             self.hub.listener_up(),
             self.hub.channels_listened(),
+            self.hippie.as_ref().map_or(0, |h| h.registry.len()),
         )
     }
 
@@ -121,6 +125,15 @@ pub async fn run(
     let listener_shutdown = CancellationToken::new();
     let listener_handle = tokio::spawn(listener_task.run(hub.clone(), listener_shutdown.clone()));
     let publisher = Publisher::new(options.pool(), config.pool_size)?;
+    let hippie = (!config.hippie.disabled).then(|| {
+        let limits = QueueLimits {
+            messages: config.hippie.queue_messages,
+            bytes: config.max_queue_bytes,
+        };
+        let registry = Arc::new(Registry::new(hub.clone(), limits, config.hippie.max_queues));
+        tokio::spawn(registry.clone().reap_until(listener_shutdown.clone()));
+        Hippie::new(config.hippie.clone(), registry)
+    });
     let node = Arc::new(Node {
         node_id: config
             .node_id
@@ -132,6 +145,7 @@ pub async fn run(
         stats,
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
+        hippie,
     });
     info!(%address, node = %node.node_id, "pgpush listening");
     on_bound(address);

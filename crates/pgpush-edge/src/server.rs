@@ -64,7 +64,9 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>) 
         let conn = conn.clone();
         service_fn(move |request| route(node.clone(), conn.clone(), request))
     };
+    // Title-case header names: byte-exact with the original Perl server for old clients.
     let connection = http1::Builder::new()
+        .title_case_headers(true)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)

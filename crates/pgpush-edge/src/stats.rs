@@ -14,6 +14,10 @@ pub enum Transport {
     WebSocket,
     /// `/v1/sse`
     Sse,
+    /// Hippie MXHR streams.
+    Mxhr,
+    /// Long polls being held.
+    Poll,
 }
 
 /// The node's counters. Gauges are only changed through [`ConnectionGuard`] and the hub, so
@@ -24,6 +28,10 @@ pub struct Stats {
     pub websocket: AtomicU64,
     /// Open SSE streams.
     pub sse: AtomicU64,
+    /// Open MXHR streams.
+    pub mxhr: AtomicU64,
+    /// Long polls being held.
+    pub poll: AtomicU64,
     /// Current (connection, channel) subscriptions.
     pub subscriptions: AtomicU64,
     /// Notifications received from PostgreSQL.
@@ -52,6 +60,8 @@ impl Stats {
         match transport {
             Transport::WebSocket => &self.websocket,
             Transport::Sse => &self.sse,
+            Transport::Mxhr => &self.mxhr,
+            Transport::Poll => &self.poll,
         }
     }
 
@@ -66,17 +76,22 @@ impl Stats {
         node: &str,
         listener_up: bool,
         channels_listened: usize,
+        hippie_queues: usize,
     ) -> StatsSnapshot {
         let websocket = self.websocket.load(Ordering::Relaxed);
         let sse = self.sse.load(Ordering::Relaxed);
+        let mxhr = self.mxhr.load(Ordering::Relaxed);
+        let poll = self.poll.load(Ordering::Relaxed);
         StatsSnapshot {
             node: node.to_owned(),
             listener: if listener_up { "up" } else { "down" }.to_owned(),
             listener_connections: self.listener_generation.load(Ordering::Relaxed),
             connections: ConnectionCounts {
-                total: websocket + sse,
+                total: websocket + sse + mxhr + poll,
                 websocket,
                 sse,
+                mxhr,
+                poll,
             },
             subscriptions: self.subscriptions.load(Ordering::Relaxed),
             channels_listened: channels_listened as u64,
@@ -84,6 +99,7 @@ impl Stats {
             messages_out: self.messages_out.load(Ordering::Relaxed),
             slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
             publishes: self.publishes.load(Ordering::Relaxed),
+            hippie_queues: hippie_queues as u64,
         }
     }
 }

@@ -6,6 +6,7 @@
 mod channel;
 mod error_code;
 mod frame;
+pub mod hippie;
 mod message;
 mod payload;
 pub mod sse;

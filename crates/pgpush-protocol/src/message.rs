@@ -19,6 +19,8 @@ pub struct Message {
     cursor: Option<Box<str>>,
     websocket: OnceLock<Bytes>,
     sse: OnceLock<Bytes>,
+    hippie: OnceLock<Bytes>,
+    mxhr: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -30,6 +32,8 @@ impl Message {
             cursor,
             websocket: OnceLock::new(),
             sse: OnceLock::new(),
+            hippie: OnceLock::new(),
+            mxhr: OnceLock::new(),
         }
     }
 
@@ -80,6 +84,24 @@ impl Message {
             sse::write_event(&mut out, self.cursor.as_deref(), "message", &data);
             Bytes::from(out)
         })
+    }
+
+    /// The Hippie form: the payload itself as a JSON value (a JSON string for text), used as
+    /// a WebSocket frame and as a long-poll array element.
+    pub fn hippie_json(&self) -> &Bytes {
+        self.hippie.get_or_init(|| {
+            let mut out = Vec::with_capacity(self.payload.len() + 2);
+            self.payload.write_json(&mut out);
+            Bytes::from(out)
+        })
+    }
+
+    /// The Hippie MXHR part for `boundary`. A node uses one boundary for all its streams (a
+    /// JSON text can never contain `\n--`, so no payload can collide with it), which is what
+    /// lets this part be built once and shared.
+    pub fn mxhr_part(&self, boundary: &str) -> &Bytes {
+        self.mxhr
+            .get_or_init(|| crate::hippie::mxhr_part(self.hippie_json(), boundary))
     }
 
     /// Bytes this message occupies in a subscriber's queue accounting.

@@ -25,6 +25,8 @@ pub struct StatsSnapshot {
     pub slow_consumers: u64,
     /// Publishes accepted from clients.
     pub publishes: u64,
+    /// Hippie client queues alive (0 when the Hippie routes are off).
+    pub hippie_queues: u64,
 }
 
 /// Open connections by transport.
@@ -36,4 +38,8 @@ pub struct ConnectionCounts {
     pub websocket: u64,
     /// `/v1/sse`.
     pub sse: u64,
+    /// Hippie MXHR streams.
+    pub mxhr: u64,
+    /// Long polls being held.
+    pub poll: u64,
 }

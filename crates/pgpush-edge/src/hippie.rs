@@ -1,0 +1,299 @@
+//! The Hippie routes: the original Web::Hippie::PubSub protocol on the same URLs, so its
+//! unchanged browser clients (hippie.js, hippie.pipe.js, jquery.ev.js, DUI.Stream) keep working.
+
+mod mxhr;
+mod poll;
+mod publish;
+mod queue;
+mod ws;
+
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use pgpush_protocol::hippie::{
+    HippiePathError, HippieRoute, is_valid_client_id, parse_hippie_path,
+};
+
+pub(crate) use queue::Registry;
+
+use crate::{
+    Node,
+    config::HippieConfig,
+    http::{Body, ConnInfo, client_address, query_pairs, text},
+};
+
+/// Which transport created a client's queue; it decides how long the queue outlives its
+/// connection (WebSocket clients reconnect fast, MXHR and poll clients slowly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CreatedOver {
+    WebSocket,
+    Stream,
+}
+
+/// The Hippie side of a node: client queues, counters, and the node's MXHR boundary.
+#[derive(Debug)]
+pub(crate) struct Hippie {
+    pub(crate) config: HippieConfig,
+    pub(crate) registry: Arc<Registry>,
+    /// One boundary for every MXHR stream of this node, so each message's MXHR part is encoded
+    /// once and shared (see `Message::mxhr_part`).
+    pub(crate) boundary: String,
+    pub(crate) events_published: AtomicU64,
+}
+
+impl Hippie {
+    pub(crate) fn new(config: HippieConfig, registry: Arc<Registry>) -> Hippie {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let boundary = (0..8)
+            .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+            .collect();
+        Hippie {
+            config,
+            registry,
+            boundary,
+            events_published: AtomicU64::new(0),
+        }
+    }
+
+    /// True when `path` is under the Hippie prefix.
+    pub(crate) fn owns(&self, path: &str) -> bool {
+        path == self.config.prefix
+            || path
+                .strip_prefix(&self.config.prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// The path after `<prefix>/`.
+    pub(crate) fn rest<'a>(&self, path: &'a str) -> &'a str {
+        path.strip_prefix(&self.config.prefix)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or("")
+    }
+
+    /// How long a queue outlives its connection.
+    pub(crate) fn window(&self, created_over: CreatedOver) -> Duration {
+        match created_over {
+            CreatedOver::WebSocket => self.config.ws_window,
+            CreatedOver::Stream => self.config.window,
+        }
+    }
+
+    fn stats_text(&self) -> String {
+        format!(
+            "current_subscribers: {}\ntotal_subscribers: {}\nevents_published: {}\n",
+            self.registry.len(),
+            self.registry.created(),
+            self.events_published.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A refused Hippie request: a status and a plain-text reason, as the original answered.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    status: StatusCode,
+    reason: String,
+}
+
+impl Refusal {
+    fn into_response(self) -> Response<Body> {
+        text(self.status, Bytes::from(self.reason))
+    }
+}
+
+/// Refuses with `status` and `reason`.
+pub(crate) fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.into(),
+    }
+}
+
+/// What Hippie handlers return.
+pub(crate) type HippieResult = Result<Response<Body>, Refusal>;
+
+/// Routes a request under the Hippie prefix; `rest` is the raw path after `<prefix>/`.
+pub(crate) async fn route(
+    node: Arc<Node>,
+    conn: Arc<ConnInfo>,
+    request: Request<Incoming>,
+    rest: &str,
+) -> Response<Body> {
+    dispatch(node, conn, request, rest)
+        .await
+        .unwrap_or_else(Refusal::into_response)
+}
+
+async fn dispatch(
+    node: Arc<Node>,
+    conn: Arc<ConnInfo>,
+    request: Request<Incoming>,
+    rest: &str,
+) -> HippieResult {
+    let Some(hippie) = node.hippie.as_ref() else {
+        return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
+    };
+    let route = match parse_hippie_path(rest) {
+        Ok(route) => route,
+        Err(HippiePathError::NotFound) => return Err(refuse(StatusCode::NOT_FOUND, "Not found")),
+        Err(HippiePathError::BadEncoding) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "Channel is not UTF-8 after URL decoding",
+            ));
+        }
+    };
+    let method = request.method().clone();
+    let (name, allowed) = match &route {
+        HippieRoute::Stats => {
+            if method != Method::GET {
+                return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"));
+            }
+            let mut response = text(StatusCode::OK, Bytes::from(hippie.stats_text()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            return Ok(response);
+        }
+        HippieRoute::Publish(name) => (name, method == Method::GET || method == Method::POST),
+        HippieRoute::WebSocket(name) | HippieRoute::Mxhr(name) | HippieRoute::Poll(name) => {
+            (name, method == Method::GET)
+        }
+    };
+    if !allowed {
+        return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"));
+    }
+    if name.is_empty() {
+        return Err(refuse(StatusCode::BAD_REQUEST, "Channel is required"));
+    }
+    let channel = match crate::policy::client_channel(name) {
+        Ok(channel) => channel,
+        Err(error) => {
+            let status =
+                StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return Err(refuse(status, error.reason));
+        }
+    };
+    let request_info = RequestInfo::new(&node, &conn, &request);
+    match route {
+        HippieRoute::WebSocket(_) => ws::upgrade(node, conn, request, channel, request_info),
+        HippieRoute::Mxhr(_) => mxhr::open(node, conn, channel, request_info).await,
+        HippieRoute::Poll(_) => poll::handle(node, conn, request, channel, request_info).await,
+        HippieRoute::Publish(_) => {
+            publish::handle(node, conn, request, channel, request_info).await
+        }
+        HippieRoute::Stats => unreachable!("answered above"),
+    }
+}
+
+/// What every Hippie handler reads from the request.
+#[derive(Debug)]
+pub(crate) struct RequestInfo {
+    /// `client_id` from the query, else from `X-Hippie-ClientId` (`/pub` also reads its form,
+    /// between the two: see [`RequestInfo::client_id_with_form`]).
+    pub(crate) client_id: Option<String>,
+    query_client_id: Option<String>,
+    header_client_id: Option<String>,
+    /// The client's address (proxy-aware).
+    pub(crate) address: IpAddr,
+}
+
+impl RequestInfo {
+    fn new(node: &Node, conn: &ConnInfo, request: &Request<Incoming>) -> RequestInfo {
+        let from_query = query_pairs(request)
+            .into_iter()
+            .find(|(name, _)| name == "client_id")
+            .map(|(_, value)| value.into_owned());
+        let from_header = request
+            .headers()
+            .get("x-hippie-clientid")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        RequestInfo {
+            client_id: from_query.clone().or_else(|| from_header.clone()),
+            query_client_id: from_query,
+            header_client_id: from_header,
+            address: client_address(
+                conn.peer.ip(),
+                request.headers(),
+                &node.config.trusted_proxies,
+            ),
+        }
+    }
+}
+
+impl RequestInfo {
+    /// The client id in the original's order: query, then form field, then header.
+    pub(crate) fn client_id_with_form(&self, form: Option<String>) -> Option<String> {
+        self.query_client_id
+            .clone()
+            .or(form)
+            .or_else(|| self.header_client_id.clone())
+    }
+}
+
+/// A new client id: 128 random bits as 32 hex characters (URL-safe, unguessable).
+pub(crate) fn new_client_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Checks a client-supplied id; a refusal names the rule.
+pub(crate) fn checked_client_id(id: &str) -> Result<(), Refusal> {
+    if is_valid_client_id(id) {
+        Ok(())
+    } else {
+        Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "client_id must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -",
+        ))
+    }
+}
+
+/// The origin check of `--hippie-trusted-origin`: a request with an `Origin` that does not
+/// match gets 403. Requests without `Origin` (not from a browser) pass.
+pub(crate) fn check_origin(hippie: &Hippie, headers: &HeaderMap) -> Result<(), Refusal> {
+    let (Some(pattern), Some(origin)) =
+        (&hippie.config.trusted_origin, headers.get(header::ORIGIN))
+    else {
+        return Ok(());
+    };
+    if origin.to_str().is_ok_and(|origin| pattern.is_match(origin)) {
+        Ok(())
+    } else {
+        Err(refuse(StatusCode::FORBIDDEN, "origin not allowed"))
+    }
+}
+
+/// Adds the no-cache headers of the original's MXHR and poll responses.
+pub(crate) fn no_cache(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, must-revalidate"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::EXPIRES,
+        HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+    );
+    if let Ok(now) = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())) {
+        headers.insert(header::LAST_MODIFIED, now);
+    }
+}
+
+/// Seconds since the Unix epoch, with fraction.
+pub(crate) fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,118 @@
+//! `<prefix>/mxhr/<channel>`: Hippie's endless `multipart/mixed` stream, LF-only, exact bytes.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use pgpush_protocol::{
+    Channel, Message,
+    hippie::{error_message, mxhr_part, mxhr_preamble, ping_message, set_client_id_message},
+};
+
+use crate::{
+    Node,
+    hippie::{
+        CreatedOver, HippieResult, RequestInfo, checked_client_id, epoch_seconds, new_client_id,
+        no_cache, refuse, ws::overflow_message,
+    },
+    http::ConnInfo,
+    stats::Transport,
+    transport::stream_body::{StreamBody, StreamEnds, StreamFormat},
+};
+
+pub(crate) async fn open(
+    node: Arc<Node>,
+    conn: Arc<ConnInfo>,
+    channel: Channel,
+    info: RequestInfo,
+) -> HippieResult {
+    let Some(hippie) = node.hippie.as_ref() else {
+        return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
+    };
+    let client_id = match info.client_id {
+        Some(id) => match checked_client_id(&id) {
+            Ok(()) => id,
+            Err(refused) => return Err(refused),
+        },
+        None => new_client_id(),
+    };
+    let window = hippie.window(CreatedOver::Stream);
+    let attachment = match hippie
+        .registry
+        .attach(&channel, &client_id, window, node.config.subscribe_timeout)
+        .await
+    {
+        Ok(attachment) => attachment,
+        Err(error) => return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, error.to_string())),
+    };
+    let mut reader = attachment.read(conn.kill.clone()).await;
+    attachment.take_fresh();
+    let boundary = hippie.boundary.clone();
+    // The preamble, set_client_id (on every resume), what was queued, any overflow missed.
+    let mut first = vec![
+        mxhr_preamble(&boundary),
+        mxhr_part(&set_client_id_message(attachment.client_id()), &boundary),
+    ];
+    let queued = reader.drain();
+    node.stats.delivered(queued.len());
+    first.extend(queued.iter().map(|m| m.mxhr_part(&boundary).clone()));
+    if let Some(dropped) = reader.take_overflow() {
+        first.push(mxhr_part(&overflow_message(dropped), &boundary));
+    }
+    let superseded = attachment.superseded().clone();
+    let guard = node.stats.connection(Transport::Mxhr);
+    let body = StreamBody::new(
+        MxhrFormat {
+            boundary: boundary.clone(),
+        },
+        Box::new(reader),
+        Box::new((attachment, guard)),
+        node.stats.clone(),
+        first,
+        Some(hippie.config.keepalive),
+        StreamEnds {
+            shutdown: node.shutdown.clone(),
+            kill: conn.kill.clone(),
+            superseded: Some(superseded),
+        },
+    );
+    let mut response = Response::new(body.boxed_unsync());
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&format!("multipart/mixed; boundary=\"{boundary}\"")) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    no_cache(headers);
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+struct MxhrFormat {
+    boundary: String,
+}
+
+impl StreamFormat for MxhrFormat {
+    /// One chunk per message, each the message's shared part.
+    fn encode(&self, batch: &[Arc<Message>], out: &mut VecDeque<Bytes>) {
+        out.extend(batch.iter().map(|m| m.mxhr_part(&self.boundary).clone()));
+    }
+
+    fn keepalive(&self) -> Bytes {
+        mxhr_part(&ping_message(epoch_seconds()), &self.boundary)
+    }
+
+    /// The original never closes the stream; on shutdown it just ends and the client reconnects.
+    fn shutdown(&self) -> Option<Bytes> {
+        None
+    }
+
+    fn overflow(&self) -> Option<Bytes> {
+        Some(mxhr_part(
+            &error_message(
+                "slow_consumer",
+                "queue overflowed; reconnect with your client_id",
+            ),
+            &self.boundary,
+        ))
+    }
+}

@@ -1,0 +1,101 @@
+//! `<prefix>/poll/<channel>`: Hippie long poll, with the 302 handshake and a hold timeout.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use pgpush_protocol::{
+    Channel,
+    hippie::{poll_body, set_client_id_message},
+};
+
+use crate::{
+    Node,
+    hippie::{
+        CreatedOver, HippieResult, RequestInfo, checked_client_id, new_client_id, no_cache, refuse,
+        ws::overflow_message,
+    },
+    http::{Body, ConnInfo, full, json},
+    stats::Transport,
+};
+
+/// Most messages one poll answers with.
+const MAX_BATCH: usize = 1024;
+
+pub(crate) async fn handle(
+    node: Arc<Node>,
+    conn: Arc<ConnInfo>,
+    request: Request<Incoming>,
+    channel: Channel,
+    info: RequestInfo,
+) -> HippieResult {
+    let Some(hippie) = node.hippie.as_ref() else {
+        return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
+    };
+    let Some(client_id) = info.client_id else {
+        return Ok(redirect_with_new_id(&node, &request));
+    };
+    checked_client_id(&client_id)?;
+    let window = hippie.window(CreatedOver::Stream);
+    let attachment = match hippie
+        .registry
+        .attach(&channel, &client_id, window, node.config.subscribe_timeout)
+        .await
+    {
+        Ok(attachment) => attachment,
+        Err(error) => return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, error.to_string())),
+    };
+    let _guard = node.stats.connection(Transport::Poll);
+    let mut reader = attachment.read(conn.kill.clone()).await;
+    let mut messages = Vec::new();
+    if attachment.take_fresh() {
+        messages.push(set_client_id_message(attachment.client_id()));
+    }
+    let mut queued = reader.drain();
+    if messages.is_empty() && queued.is_empty() {
+        // Hold until something arrives, a newer poll takes over, or the hold time passes.
+        let mut batch = Vec::new();
+        tokio::select! {
+            _ = reader.inbox().recv_many(&mut batch, MAX_BATCH) => {}
+            _ = attachment.superseded().cancelled() => {}
+            _ = node.shutdown.cancelled() => {}
+            _ = conn.kill.cancelled() => {}
+            _ = tokio::time::sleep(hippie.config.poll_hold) => {}
+        }
+        queued = batch;
+        queued.extend(reader.drain());
+    }
+    node.stats.delivered(queued.len());
+    messages.extend(queued.iter().map(|m| m.hippie_json().clone()));
+    if let Some(dropped) = reader.take_overflow() {
+        messages.push(overflow_message(dropped));
+    }
+    let mut response = json(
+        StatusCode::OK,
+        poll_body(messages.iter().map(|m| m.as_ref())),
+    );
+    no_cache(response.headers_mut());
+    Ok(response)
+}
+
+/// No client_id: `302` to the same path with `?client_id=<new>` (no queue yet).
+fn redirect_with_new_id(node: &Node, request: &Request<Incoming>) -> Response<Body> {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| node.node_id.clone());
+    let location = format!(
+        "http://{host}{}?client_id={}",
+        request.uri().path(),
+        new_client_id()
+    );
+    let mut response = Response::new(full(""));
+    *response.status_mut() = StatusCode::FOUND;
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}

@@ -1,0 +1,104 @@
+//! `<prefix>/pub/<channel>` and client frames: stamp `time` and `address`, then publish.
+
+use std::{net::IpAddr, sync::Arc, sync::atomic::Ordering};
+
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use pgpush_protocol::{Channel, ErrorCode, PublishMode, hippie::stamp};
+
+use crate::{
+    Node,
+    hippie::{HippieResult, RequestInfo, check_origin, refuse},
+    http::{ApiError, ConnInfo, query_pairs, text},
+    publish,
+};
+
+/// Stamps a client's JSON object and publishes it (ephemeral, as the original did).
+pub(crate) async fn stamp_and_publish(
+    node: &Node,
+    channel: &Channel,
+    message: &str,
+    address: IpAddr,
+) -> Result<(), ApiError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let stamped = stamp(message, now, &address.to_string())
+        .map_err(|error| ApiError::new(ErrorCode::BadPayload, error.to_string()))?;
+    publish::publish(node, channel, &stamped, PublishMode::Ephemeral).await?;
+    if let Some(hippie) = &node.hippie {
+        hippie.events_published.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+pub(crate) async fn handle(
+    node: Arc<Node>,
+    _conn: Arc<ConnInfo>,
+    request: Request<Incoming>,
+    channel: Channel,
+    info: RequestInfo,
+) -> HippieResult {
+    let Some(hippie) = node.hippie.as_ref() else {
+        return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
+    };
+    check_origin(hippie, request.headers())?;
+    let query: Vec<(String, String)> = query_pairs(&request)
+        .into_iter()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut form: Vec<(String, String)> = Vec::new();
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if request.method() == Method::POST {
+        let limit = node.config.max_message_bytes;
+        let body = match Limited::new(request.into_body(), limit).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => {
+                return Err(refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("Body is over {limit} bytes"),
+                ));
+            }
+        };
+        if is_form || !body.is_empty() {
+            form = form_urlencoded::parse(&body).into_owned().collect();
+        }
+    }
+    let find = |fields: &[(String, String)], name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let client_id = info.client_id_with_form(find(&form, "client_id"));
+    if hippie.config.require_client_id
+        && !client_id
+            .as_deref()
+            .is_some_and(|id| hippie.registry.contains(&channel, id))
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "a client_id of a live client is required to publish",
+        ));
+    }
+    let Some(message) = find(&form, "message").or_else(|| find(&query, "message")) else {
+        return Err(refuse(StatusCode::BAD_REQUEST, "message is required"));
+    };
+    match stamp_and_publish(&node, &channel, &message, info.address).await {
+        Ok(()) => Ok(text(
+            StatusCode::OK,
+            format!("Event published on {channel}"),
+        )),
+        Err(error) => {
+            let status =
+                StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            Err(refuse(status, error.reason))
+        }
+    }
+}

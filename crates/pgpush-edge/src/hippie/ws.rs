@@ -1,0 +1,175 @@
+//! `<prefix>/ws/<channel>`: Hippie over WebSocket, JSON frames both ways.
+
+use std::{net::IpAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use pgpush_protocol::{
+    Channel, Message,
+    hippie::{error_message, ping_message, set_client_id_message},
+};
+
+use crate::{
+    Node,
+    hippie::{
+        CreatedOver, HippieResult, RequestInfo, check_origin, checked_client_id, epoch_seconds,
+        new_client_id, publish, refuse,
+    },
+    http::ConnInfo,
+    stats::Transport,
+    transport::websocket::{self, End, Interrupt, WsIo, WsProtocol},
+};
+
+pub(crate) fn upgrade(
+    node: Arc<Node>,
+    conn: Arc<ConnInfo>,
+    mut request: Request<Incoming>,
+    channel: Channel,
+    info: RequestInfo,
+) -> HippieResult {
+    let Some(hippie) = node.hippie.as_ref() else {
+        return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
+    };
+    check_origin(hippie, request.headers())?;
+    let accept = match websocket::accept_key(request.headers()) {
+        Ok(accept) => accept,
+        Err(error) => return Err(refuse(StatusCode::BAD_REQUEST, error.reason)),
+    };
+    let client_id = match info.client_id {
+        Some(id) => match checked_client_id(&id) {
+            Ok(()) => id,
+            Err(refused) => return Err(refused),
+        },
+        None => new_client_id(),
+    };
+    let task_node = node.clone();
+    Ok(websocket::upgrade(&node, &mut request, accept, move |io| {
+        run(task_node, conn, io, channel, client_id, info.address)
+    }))
+}
+
+async fn run(
+    node: Arc<Node>,
+    conn: Arc<ConnInfo>,
+    mut io: WsIo,
+    channel: Channel,
+    client_id: String,
+    address: IpAddr,
+) {
+    let Some(hippie) = node.hippie.as_ref() else {
+        return;
+    };
+    let _guard = node.stats.connection(Transport::WebSocket);
+    let window = hippie.window(CreatedOver::WebSocket);
+    let attachment = match hippie
+        .registry
+        .attach(&channel, &client_id, window, node.config.subscribe_timeout)
+        .await
+    {
+        Ok(attachment) => attachment,
+        Err(error) => {
+            let interrupt = Interrupt {
+                shutdown: &node.shutdown,
+                kill: &conn.kill,
+                superseded: None,
+            };
+            let _ = io
+                .send_text(error_message("unavailable", &error.to_string()), &interrupt)
+                .await;
+            io.close(
+                tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Again,
+                "unavailable",
+            )
+            .await;
+            return;
+        }
+    };
+    let mut reader = attachment.read(conn.kill.clone()).await;
+    attachment.take_fresh();
+    let interrupt = Interrupt {
+        shutdown: &node.shutdown,
+        kill: &conn.kill,
+        superseded: Some(attachment.superseded()),
+    };
+    // set_client_id first (on every resume, so the client's reconnect backoff resets), then
+    // what was queued while the client was away, then any overflow it missed.
+    let mut first = vec![set_client_id_message(attachment.client_id())];
+    first.extend(reader.drain().iter().map(|m| HippieWs::frame(m)));
+    if let Some(dropped) = reader.take_overflow() {
+        first.push(overflow_message(dropped));
+    }
+    let count = first.len();
+    let mut end = io.write_texts(first.into_iter(), &interrupt).await;
+    if end.is_ok() {
+        node.stats.delivered(count - 1);
+        let mut protocol = HippieWs {
+            node: node.clone(),
+            channel,
+            address,
+        };
+        end = Err(websocket::serve(
+            &mut io,
+            reader.inbox(),
+            &node.stats,
+            &mut protocol,
+            &interrupt,
+            node.config.ping_interval,
+            Some(hippie.config.keepalive),
+        )
+        .await);
+    }
+    drop(reader);
+    drop(attachment);
+    if let Err(End::Close(code, reason)) = end {
+        io.close(code, reason).await;
+    }
+}
+
+/// The message telling a client how many messages its full queue dropped.
+pub(crate) fn overflow_message(dropped: u64) -> Bytes {
+    error_message(
+        "slow_consumer",
+        &format!("{dropped} messages were dropped because this client's queue was full"),
+    )
+}
+
+struct HippieWs {
+    node: Arc<Node>,
+    channel: Channel,
+    address: IpAddr,
+}
+
+impl WsProtocol for HippieWs {
+    fn frame(message: &Message) -> Bytes {
+        message.hippie_json().clone()
+    }
+
+    /// Every frame is published on the URL's channel, stamped with `time` and `address`; it
+    /// comes back to this client through PostgreSQL like to everyone else.
+    async fn on_text(
+        &mut self,
+        io: &mut WsIo,
+        text: &str,
+        interrupt: &Interrupt<'_>,
+    ) -> Result<(), End> {
+        match publish::stamp_and_publish(&self.node, &self.channel, text, self.address).await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                io.send_text(error_message(error.code.as_str(), &error.reason), interrupt)
+                    .await
+            }
+        }
+    }
+
+    fn binary_refused(&self) -> Bytes {
+        error_message(
+            "bad_frame",
+            "binary frames are not supported; send JSON text frames",
+        )
+    }
+
+    fn keepalive(&self) -> Option<Bytes> {
+        Some(ping_message(epoch_seconds()))
+    }
+}

@@ -1,0 +1,167 @@
+//! A response body that streams a subscriber's queue: SSE and Hippie MXHR differ only in format.
+
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body::Frame;
+use pgpush_protocol::Message;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::{hub::Inbox, stats::Stats};
+
+/// Most messages taken from the queue per poll.
+const BATCH: usize = 256;
+
+/// Where a stream's messages come from: a connection's own queue, or (Hippie) a client's queue
+/// locked for as long as this connection reads it.
+pub(crate) trait InboxSource: Send {
+    fn inbox(&mut self) -> &mut Inbox;
+}
+
+impl InboxSource for Inbox {
+    fn inbox(&mut self) -> &mut Inbox {
+        self
+    }
+}
+
+/// How one streaming transport writes its bytes.
+pub(crate) trait StreamFormat: Send + Unpin + 'static {
+    /// Appends the chunks for a batch of messages.
+    fn encode(&self, batch: &[Arc<Message>], out: &mut VecDeque<Bytes>);
+    /// Sent when nothing else went out for the keepalive interval.
+    fn keepalive(&self) -> Bytes;
+    /// The last bytes when the node shuts down.
+    fn shutdown(&self) -> Option<Bytes>;
+    /// The last bytes when the client is cut off as slow.
+    fn overflow(&self) -> Option<Bytes>;
+}
+
+/// The signals that end a stream.
+pub(crate) struct StreamEnds {
+    /// Node shutdown.
+    pub(crate) shutdown: CancellationToken,
+    /// Slow-consumer cut of this connection.
+    pub(crate) kill: CancellationToken,
+    /// A newer connection took over (Hippie), if that can happen.
+    pub(crate) superseded: Option<CancellationToken>,
+}
+
+/// Streams `inbox` in `F`'s format until one of the ends fires or the queue closes.
+pub(crate) struct StreamBody<F: StreamFormat> {
+    format: F,
+    inbox: Box<dyn InboxSource>,
+    /// Kept alive as long as the stream: subscriptions, gauges, attachments.
+    _holds: Box<dyn Send>,
+    stats: Arc<Stats>,
+    pending: VecDeque<Bytes>,
+    keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    kill: Pin<Box<WaitForCancellationFutureOwned>>,
+    superseded: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    batch: Vec<Arc<Message>>,
+    finished: bool,
+}
+
+impl<F: StreamFormat> StreamBody<F> {
+    /// A body that first sends `preamble`, then the queue's messages.
+    pub(crate) fn new(
+        format: F,
+        inbox: Box<dyn InboxSource>,
+        holds: Box<dyn Send>,
+        stats: Arc<Stats>,
+        preamble: Vec<Bytes>,
+        keepalive: Option<Duration>,
+        ends: StreamEnds,
+    ) -> StreamBody<F> {
+        StreamBody {
+            format,
+            inbox,
+            _holds: holds,
+            stats,
+            pending: preamble.into(),
+            keepalive: keepalive
+                .filter(|d| !d.is_zero())
+                .map(|every| (Box::pin(tokio::time::sleep(every)), every)),
+            shutdown: Box::pin(ends.shutdown.cancelled_owned()),
+            kill: Box::pin(ends.kill.cancelled_owned()),
+            superseded: ends.superseded.map(|t| Box::pin(t.cancelled_owned())),
+            batch: Vec::new(),
+            finished: false,
+        }
+    }
+
+    fn finish(
+        &mut self,
+        last: Option<Bytes>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>> {
+        self.finished = true;
+        self.pending.clear();
+        match last {
+            Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl<F: StreamFormat> http_body::Body for StreamBody<F> {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            let last = this.format.shutdown();
+            return this.finish(last);
+        }
+        if this.kill.as_mut().poll(cx).is_ready() {
+            let last = this.format.overflow();
+            return this.finish(last);
+        }
+        if let Some(superseded) = &mut this.superseded
+            && superseded.as_mut().poll(cx).is_ready()
+        {
+            return this.finish(None);
+        }
+        if this.pending.is_empty() {
+            match this
+                .inbox
+                .inbox()
+                .poll_recv_many(cx, &mut this.batch, BATCH)
+            {
+                Poll::Ready(0) => return this.finish(None),
+                Poll::Ready(count) => {
+                    this.format.encode(&this.batch, &mut this.pending);
+                    this.batch.clear();
+                    this.stats.delivered(count);
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Some(next) = this.pending.pop_front() {
+            if let Some((sleep, every)) = &mut this.keepalive {
+                sleep.as_mut().reset(tokio::time::Instant::now() + *every);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(next))));
+        }
+        if let Some((sleep, every)) = &mut this.keepalive
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            sleep.as_mut().reset(tokio::time::Instant::now() + *every);
+            return Poll::Ready(Some(Ok(Frame::data(this.format.keepalive()))));
+        }
+        Poll::Pending
+    }
+}

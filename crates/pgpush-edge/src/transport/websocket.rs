@@ -1,0 +1,345 @@
+//! WebSocket plumbing shared by the native and Hippie protocols: handshake, batched writes that a
+//! slow-consumer cut or shutdown interrupts, close codes, and the connection loop.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use hyper::{body::Incoming, upgrade::Upgraded};
+use hyper_util::rt::TokioIo;
+use pgpush_protocol::{ErrorCode, Message as PushMessage};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Message,
+        error::{CapacityError, Error as WsError},
+        handshake::derive_accept_key,
+        protocol::{
+            CloseFrame, Role,
+            frame::{
+                Frame,
+                coding::{CloseCode, Data, OpCode},
+            },
+        },
+    },
+};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::{
+    Node,
+    http::{ApiError, Body, full},
+    hub::Inbox,
+    stats::Stats,
+};
+
+/// Most messages written per flush.
+const BATCH: usize = 256;
+/// How long a close frame may take to go out before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a connection ended, and what to tell the client.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The client closed or vanished; nothing to send.
+    Gone,
+    /// Send a close frame.
+    Close(CloseCode, &'static str),
+}
+
+/// End for a client cut off because its queue overflowed.
+pub(crate) fn slow_consumer() -> End {
+    End::Close(
+        CloseCode::Again,
+        "slow consumer: queue overflowed; reconnect",
+    )
+}
+
+/// End for a node that shuts down.
+pub(crate) fn shutting_down() -> End {
+    End::Close(CloseCode::Away, "server shutting down; reconnect")
+}
+
+/// Checks an RFC 6455 upgrade request and derives `Sec-WebSocket-Accept`.
+pub(crate) fn accept_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let bad = |reason: &str| ApiError::new(ErrorCode::BadRequest, reason);
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(bad("expected a WebSocket upgrade request"));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(bad("Sec-WebSocket-Version must be 13"));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| bad("Sec-WebSocket-Key is missing"))?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// Answers `101 Switching Protocols` and runs `serve` on the socket once hyper hands it over.
+/// Call only after [`accept_key`] succeeded.
+pub(crate) fn upgrade<F, Fut>(
+    node: &Arc<Node>,
+    request: &mut Request<Incoming>,
+    accept: String,
+    serve: F,
+) -> Response<Body>
+where
+    F: FnOnce(WsIo) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let on_upgrade = hyper::upgrade::on(request);
+    let config = node.websocket_config();
+    node.tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                serve(WsIo::new(socket)).await;
+            }
+            Err(error) => debug!(%error, "websocket upgrade failed"),
+        }
+    });
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(value) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    response
+}
+
+/// An accepted WebSocket.
+pub(crate) struct WsIo {
+    socket: WebSocketStream<TokioIo<Upgraded>>,
+}
+
+impl WsIo {
+    fn new(socket: WebSocketStream<TokioIo<Upgraded>>) -> WsIo {
+        WsIo { socket }
+    }
+
+    /// Writes text frames with one flush; abandoned with [`End`] when `interrupt` fires first.
+    pub(crate) async fn write_texts(
+        &mut self,
+        texts: impl Iterator<Item = Bytes>,
+        interrupt: &Interrupt<'_>,
+    ) -> Result<(), End> {
+        let socket = &mut self.socket;
+        let write = async {
+            for text in texts {
+                socket.feed(text_frame(text)).await?;
+            }
+            socket.flush().await
+        };
+        tokio::select! {
+            result = write => result.map_err(|error| {
+                debug!(%error, "websocket write failed");
+                End::Gone
+            }),
+            end = interrupt.wait() => Err(end),
+        }
+    }
+
+    /// Sends one text frame.
+    pub(crate) async fn send_text(
+        &mut self,
+        text: Bytes,
+        interrupt: &Interrupt<'_>,
+    ) -> Result<(), End> {
+        self.write_texts(std::iter::once(text), interrupt).await
+    }
+
+    /// Sends a close frame (bounded in time), then waits briefly for the client's close.
+    pub(crate) async fn close(&mut self, code: CloseCode, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let sent =
+            tokio::time::timeout(CLOSE_TIMEOUT, self.socket.send(Message::Close(Some(frame))))
+                .await;
+        if matches!(sent, Ok(Ok(()))) {
+            let drain = async { while let Some(Ok(_)) = self.socket.next().await {} };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        }
+    }
+}
+
+/// What interrupts a connection: node shutdown, a slow-consumer cut, and (Hippie) a newer
+/// connection taking over the client's queue.
+pub(crate) struct Interrupt<'a> {
+    pub(crate) shutdown: &'a CancellationToken,
+    pub(crate) kill: &'a CancellationToken,
+    pub(crate) superseded: Option<&'a CancellationToken>,
+}
+
+impl Interrupt<'_> {
+    /// Completes when any of them fires, with the end to report.
+    pub(crate) async fn wait(&self) -> End {
+        let superseded = async {
+            match self.superseded {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => shutting_down(),
+            _ = self.kill.cancelled() => slow_consumer(),
+            _ = superseded => End::Close(CloseCode::Normal, "another connection took over this client_id"),
+        }
+    }
+}
+
+/// What distinguishes one WebSocket protocol from another.
+pub(crate) trait WsProtocol {
+    /// The frame for a queued message.
+    fn frame(message: &PushMessage) -> Bytes;
+
+    /// Handles a text frame from the client.
+    async fn on_text(
+        &mut self,
+        io: &mut WsIo,
+        text: &str,
+        interrupt: &Interrupt<'_>,
+    ) -> Result<(), End>;
+
+    /// The reply to a binary frame (the protocols speak JSON text only).
+    fn binary_refused(&self) -> Bytes;
+
+    /// An application-level keepalive sent every `keepalive` interval, if any.
+    fn keepalive(&self) -> Option<Bytes> {
+        None
+    }
+}
+
+/// Serves one connection until it ends: drains the queue in batches, reads client frames,
+/// pings every `ping_interval` (closing a client silent for two), sends the protocol's
+/// keepalive every `keepalive` interval.
+pub(crate) async fn serve<P: WsProtocol>(
+    io: &mut WsIo,
+    inbox: &mut Inbox,
+    stats: &Stats,
+    protocol: &mut P,
+    interrupt: &Interrupt<'_>,
+    ping_interval: Duration,
+    keepalive: Option<Duration>,
+) -> End {
+    let mut ping = every(ping_interval);
+    let mut keepalive = keepalive.filter(|d| !d.is_zero()).map(every);
+    let mut last_heard = Instant::now();
+    let mut batch = Vec::new();
+    loop {
+        let step = tokio::select! {
+            biased;
+            end = interrupt.wait() => Err(end),
+            received = inbox.recv_many(&mut batch, BATCH) => {
+                if received == 0 {
+                    Err(End::Gone)
+                } else {
+                    let count = batch.len();
+                    let result = io.write_texts(batch.drain(..).map(|m| P::frame(&m)), interrupt).await;
+                    batch.clear();
+                    if result.is_ok() {
+                        stats.delivered(count);
+                    }
+                    result
+                }
+            }
+            incoming = io.socket.next() => match incoming {
+                Some(Ok(message)) => {
+                    last_heard = Instant::now();
+                    match message {
+                        Message::Text(text) => protocol.on_text(io, text.as_str(), interrupt).await,
+                        Message::Binary(_) => {
+                            let reply = protocol.binary_refused();
+                            io.send_text(reply, interrupt).await
+                        }
+                        // tungstenite queued the pong; send it now rather than with the next message.
+                        Message::Ping(_) => io.socket.flush().await.map_err(|_| End::Gone),
+                        // tungstenite answers a close; the stream ends on the next read.
+                        Message::Pong(_) | Message::Frame(_) | Message::Close(_) => Ok(()),
+                    }
+                }
+                Some(Err(error)) => Err(read_error(error)),
+                None => Err(End::Gone),
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > ping_interval * 2 {
+                    Err(End::Close(CloseCode::Away, "no pong for two ping intervals"))
+                } else {
+                    io.socket.send(Message::Ping(Bytes::new())).await.map_err(|_| End::Gone)
+                }
+            }
+            _ = tick(&mut keepalive) => {
+                match protocol.keepalive() {
+                    Some(frame) => io.send_text(frame, interrupt).await,
+                    None => Ok(()),
+                }
+            }
+        };
+        if let Err(end) = step {
+            return end;
+        }
+    }
+}
+
+/// An interval whose first tick is one period from now.
+pub(crate) fn every(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+/// The next tick of an optional interval; never completes when there is none.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A text frame around bytes we encoded ourselves (valid UTF-8 JSON): wrapping them in a raw
+/// frame skips tungstenite's re-validation and shares one encoding across subscribers.
+fn text_frame(bytes: Bytes) -> Message {
+    Message::Frame(Frame::message(bytes, OpCode::Data(Data::Text), true))
+}
+
+fn read_error(error: WsError) -> End {
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            End::Close(CloseCode::Size, "message too big")
+        }
+        WsError::Utf8(_) => End::Close(CloseCode::Invalid, "text frame is not UTF-8"),
+        WsError::Protocol(_) => End::Close(CloseCode::Protocol, "protocol error"),
+        other => {
+            debug!(error = %other, "websocket read failed");
+            End::Gone
+        }
+    }
+}

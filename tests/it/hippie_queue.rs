@@ -1,0 +1,228 @@
+//! Hippie client queues: resume without loss inside the window, a fresh queue after it, one
+//! reader at a time, bounded with reported overflow, and nothing left behind.
+
+use std::time::Duration;
+
+use pgpush_tests::{Edge, EdgeOptions, TestPostgres, WsClient, http, raw::MxhrClient, wait_until};
+use serde_json::{Value, json};
+
+use crate::SOON;
+
+fn set_client_id(id: &str) -> Value {
+    json!({"type": "hippie.pipe.set_client_id", "client_id": id})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mxhr_client_resumes_without_loss_inside_the_window_and_starts_fresh_after() {
+    let pg = TestPostgres::start();
+    let edge = Edge::start_with(
+        &pg.url(),
+        EdgeOptions::args(&["--hippie-keepalive", "0", "--hippie-window", "3s"]),
+    )
+    .await;
+    let path = "/_hippie/mxhr/feed?client_id=resumer";
+    let mut first = MxhrClient::open(edge.address(), path).await;
+    assert_eq!(
+        first.next_json(SOON).await.unwrap(),
+        set_client_id("resumer")
+    );
+    pg.notify("feed", "0").await;
+    assert_eq!(first.next_json(SOON).await.unwrap(), json!(0));
+    drop(first);
+    wait_until(SOON, "MXHR stream closed", || async {
+        edge.stats().await.connections.mxhr == 0
+    })
+    .await;
+
+    for n in 1..=20 {
+        pg.notify("feed", &n.to_string()).await;
+    }
+    let mut back = MxhrClient::open(edge.address(), path).await;
+    assert_eq!(
+        back.next_json(SOON).await.unwrap(),
+        set_client_id("resumer"),
+        "set_client_id again on resume"
+    );
+    for n in 1..=20 {
+        assert_eq!(back.next_json(SOON).await.unwrap(), json!(n));
+    }
+    drop(back);
+
+    // After the window the queue is gone; the same id starts a fresh one.
+    wait_until(Duration::from_secs(10), "queue reaped", || async {
+        edge.stats().await.hippie_queues == 0
+    })
+    .await;
+    assert_eq!(edge.stats().await.subscriptions, 0);
+    pg.notify("feed", "lost while no queue existed").await;
+    let mut fresh = MxhrClient::open(edge.address(), path).await;
+    assert_eq!(
+        fresh.next_json(SOON).await.unwrap(),
+        set_client_id("resumer")
+    );
+    pg.notify("feed", "new").await;
+    assert_eq!(fresh.next_json(SOON).await.unwrap(), json!("new"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_client_resumes_within_its_shorter_window() {
+    let pg = TestPostgres::start();
+    let edge = Edge::start_with(
+        &pg.url(),
+        EdgeOptions::args(&["--hippie-keepalive", "0", "--hippie-ws-window", "2s"]),
+    )
+    .await;
+    let url = edge.ws_url("/_hippie/ws/feed?client_id=wsr");
+    let mut first = WsClient::connect(&url).await;
+    assert_eq!(first.next_json(SOON).await, set_client_id("wsr"));
+    drop(first);
+    wait_until(SOON, "socket closed", || async {
+        edge.stats().await.connections.websocket == 0
+    })
+    .await;
+    for n in 1..=20 {
+        pg.notify("feed", &n.to_string()).await;
+    }
+    let mut back = WsClient::connect(&url).await;
+    assert_eq!(back.next_json(SOON).await, set_client_id("wsr"));
+    for n in 1..=20 {
+        assert_eq!(back.next_json(SOON).await, json!(n));
+    }
+    drop(back);
+    wait_until(
+        Duration::from_secs(10),
+        "WebSocket-created queue reaped after 2 s",
+        || async { edge.stats().await.hippie_queues == 0 },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_connections_on_one_client_id_never_duplicate() {
+    let pg = TestPostgres::start();
+    let edge = Edge::start_with(
+        &pg.url(),
+        EdgeOptions::args(&["--hippie-keepalive", "0", "--hippie-poll-hold", "1s"]),
+    )
+    .await;
+    let mut ws = WsClient::connect(&edge.ws_url("/_hippie/ws/dup?client_id=twice")).await;
+    assert_eq!(ws.next_json(SOON).await, set_client_id("twice"));
+    // The original client opens an MXHR stream after a WebSocket error: the newer one takes over.
+    let mut mxhr = MxhrClient::open(edge.address(), "/_hippie/mxhr/dup?client_id=twice").await;
+    assert_eq!(mxhr.next_json(SOON).await.unwrap(), set_client_id("twice"));
+    assert_eq!(
+        ws.expect_close(SOON).await,
+        1000,
+        "the older connection is closed, not fed"
+    );
+    for n in 1..=10 {
+        pg.notify("dup", &n.to_string()).await;
+    }
+    for n in 1..=10 {
+        assert_eq!(mxhr.next_json(SOON).await.unwrap(), json!(n));
+    }
+    // A poll on the same id takes over from the stream; messages go to exactly one reader.
+    let poll = http::get(edge.address(), "/_hippie/poll/dup?client_id=twice").await;
+    assert_eq!(
+        poll.body.as_ref(),
+        b"[]",
+        "nothing left for the poll: everything went to MXHR once"
+    );
+    assert!(
+        mxhr.next_json(Duration::from_secs(2)).await.is_none(),
+        "the MXHR stream ended when the poll took over"
+    );
+    assert_eq!(edge.stats().await.hippie_queues, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_reports_its_overflow_and_keeps_going() {
+    let pg = TestPostgres::start();
+    let edge = Edge::start_with(
+        &pg.url(),
+        EdgeOptions::args(&["--hippie-queue-messages", "5"]),
+    )
+    .await;
+    let path = "/_hippie/poll/burst?client_id=slowpoke";
+    assert_eq!(
+        http::get(edge.address(), path).await.json(),
+        json!([set_client_id("slowpoke")])
+    );
+    for n in 1..=12 {
+        pg.notify("burst", &n.to_string()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = http::get(edge.address(), path).await.json();
+    let messages = response.as_array().unwrap();
+    assert_eq!(
+        &messages[..5],
+        &[json!(1), json!(2), json!(3), json!(4), json!(5)]
+    );
+    assert_eq!(messages.len(), 6, "{response}");
+    assert_eq!(messages[5]["type"], "hippie.error");
+    assert_eq!(messages[5]["code"], "slow_consumer");
+    assert!(
+        messages[5]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("7 messages were dropped"),
+        "{response}"
+    );
+    pg.notify("burst", "13").await;
+    assert_eq!(http::get(edge.address(), path).await.json(), json!([13]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_made_up_client_ids_get_bounded_queues_and_leave_nothing_behind() {
+    let pg = TestPostgres::start();
+    let mut options = EdgeOptions::args(&["--hippie-window", "8s", "--hippie-max-queues", "10000"]);
+    // One malloc arena: with one per thread, how freed memory is reused depends on which
+    // worker ran what, and RSS wanders by megabytes between identical rounds.
+    options.env.push(("MALLOC_ARENA_MAX".into(), "1".into()));
+    let edge = Edge::start_with(&pg.url(), options).await;
+    let baseline_rss = edge.rss_bytes();
+    let mut connection = http::HttpConnection::open(edge.address()).await;
+    // Three rounds: the allocator keeps freed pages (RSS plateaus after a round or two), so
+    // "back to baseline" means later rounds reuse that memory instead of growing it.
+    let mut after_rounds = Vec::new();
+    for round in 0..3 {
+        for i in 0..10_000 {
+            let id = format!("made-up-{round}-{i}");
+            let response = connection
+                .get(&format!("/_hippie/poll/flood?client_id={id}"))
+                .await;
+            assert_eq!(response.status, 200, "id {id}");
+            assert_eq!(response.json()[0]["client_id"], id);
+        }
+        // One more is refused with a clear error, not queued without bound.
+        let refused = connection
+            .get("/_hippie/poll/flood?client_id=one-too-many")
+            .await;
+        assert_eq!(refused.status, 503);
+        assert_eq!(refused.text(), "too many client queues on this node");
+        let stats = edge.stats().await;
+        assert_eq!(stats.hippie_queues, 10_000);
+        assert_eq!(stats.channels_listened, 1, "one LISTEN for all of them");
+        wait_until(Duration::from_secs(30), "every queue reaped", || async {
+            edge.stats().await.hippie_queues == 0
+        })
+        .await;
+        let stats = edge.stats().await;
+        assert_eq!(stats.subscriptions, 0);
+        assert_eq!(stats.channels_listened, 0);
+        let text = http::get(edge.address(), "/_hippie/stats").await.text();
+        let total = 10_000 * (round + 1);
+        assert!(
+            text.starts_with(&format!(
+                "current_subscribers: 0\ntotal_subscribers: {total}\n"
+            )),
+            "{text}"
+        );
+        after_rounds.push(edge.rss_bytes());
+    }
+    eprintln!("RSS baseline {baseline_rss}, after each round {after_rounds:?}");
+    assert!(
+        after_rounds[2] < after_rounds[1] + 4 * 1024 * 1024,
+        "memory grew between identical rounds: {after_rounds:?} (baseline {baseline_rss})"
+    );
+}
