@@ -88,8 +88,8 @@ async fn bad_input_is_answered_and_others_keep_receiving() {
             "forbidden",
         ),
         (
-            r#"{"op":"publish","channel":"c","data":1}"#,
-            "not_implemented",
+            r#"{"op":"publish","channel":"pgpush_wake","data":1}"#,
+            "forbidden",
         ),
     ] {
         client.send(Message::text(frame)).await;

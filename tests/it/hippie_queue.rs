@@ -207,9 +207,11 @@ async fn ten_thousand_made_up_client_ids_get_bounded_queues_and_leave_nothing_be
             edge.stats().await.hippie_queues == 0
         })
         .await;
-        let stats = edge.stats().await;
-        assert_eq!(stats.subscriptions, 0);
-        assert_eq!(stats.channels_listened, 0);
+        assert_eq!(edge.stats().await.subscriptions, 0);
+        wait_until(SOON, "channel UNLISTENed after the delay", || async {
+            edge.stats().await.channels_listened == 0
+        })
+        .await;
         let text = http::get(edge.address(), "/_hippie/stats").await.text();
         let total = 10_000 * (round + 1);
         assert!(

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use pgpush_pg::throwaway::ThrowawayOptions;
-use pgpush_tests::{Edge, TestPostgres, WsClient, wait_until};
+use pgpush_tests::{Edge, EdgeOptions, TestPostgres, WsClient, wait_until};
 
 use crate::SOON;
 
@@ -32,6 +32,8 @@ fn listener_statements(pg: &TestPostgres) -> Vec<String> {
             text.split(';')
                 .map(str::trim)
                 .filter(|s| s.starts_with("LISTEN") || s.starts_with("UNLISTEN"))
+                // The node's own wake-up channel is LISTENed always.
+                .filter(|s| !s.contains("pgpush_wake"))
                 .map(str::to_owned),
         );
     }
@@ -55,7 +57,8 @@ async fn a_thousand_subscribers_on_fifty_channels_share_one_listen_connection() 
         ],
         ..ThrowawayOptions::default()
     });
-    let edge = Edge::start(&pg.url()).await;
+    // UNLISTEN as soon as the last subscriber leaves (the default waits a few seconds).
+    let edge = Edge::start_with(&pg.url(), EdgeOptions::args(&["--unlisten-delay", "0"])).await;
     let mut clients = Vec::new();
     for i in 0..1000 {
         let channel = format!("ch-{}", i % 50);
@@ -140,4 +143,32 @@ async fn a_thousand_subscribers_on_fifty_channels_share_one_listen_connection() 
     })
     .await;
     assert_eq!(pg.sessions_named("pgpush-listener").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_stays_listened_for_the_unlisten_delay_then_goes() {
+    let pg = TestPostgres::start();
+    let edge = Edge::start_with(&pg.url(), EdgeOptions::args(&["--unlisten-delay", "2s"])).await;
+    let mut client = WsClient::connect(&edge.ws_url("/v1/ws?channel=blink")).await;
+    assert_eq!(client.next_json(SOON).await["type"], "subscribed");
+    drop(client);
+    wait_until(SOON, "subscriber gone", || async {
+        edge.stats().await.subscriptions == 0
+    })
+    .await;
+    let left = std::time::Instant::now();
+    // A client coming back within the delay finds the channel still LISTENed.
+    let mut again = WsClient::connect(&edge.ws_url("/v1/ws?channel=blink")).await;
+    assert_eq!(again.next_json(SOON).await["type"], "subscribed");
+    assert_eq!(edge.stats().await.channels_listened, 1);
+    drop(again);
+    wait_until(SOON, "UNLISTEN after the delay", || async {
+        edge.stats().await.channels_listened == 0
+    })
+    .await;
+    assert!(
+        left.elapsed() >= std::time::Duration::from_secs(2),
+        "UNLISTENed after {:?}",
+        left.elapsed()
+    );
 }

@@ -3,6 +3,9 @@
 mod bad_input;
 mod commands;
 mod delivery;
+mod durable;
+mod durable_faults;
+mod durable_resume;
 mod hippie_flows;
 mod hippie_queue;
 mod hippie_wire;

@@ -18,7 +18,7 @@ use tokio::{
 /// Extra arguments and environment for a node.
 #[derive(Debug, Clone, Default)]
 pub struct EdgeOptions {
-    /// Arguments after `pgpush serve --listen 127.0.0.1:0 --database-url <url>`.
+    /// Arguments after `pgpush serve --listen 127.0.0.1:0 --database-url <url> --migrate`.
     pub args: Vec<String>,
     /// Environment variables.
     pub env: Vec<(String, String)>,
@@ -62,6 +62,7 @@ impl Edge {
                 "127.0.0.1:0",
                 "--database-url",
                 database_url,
+                "--migrate",
             ])
             .args(&options.args)
             .env("RUST_LOG", "info,pgpush_edge=debug")

@@ -3,6 +3,7 @@
 //! Nothing here is mocked. A test that cannot find PostgreSQL (or, later, nginx) fails with the
 //! command that installs it; it never skips.
 
+pub mod durable;
 pub mod edge;
 pub mod http;
 pub mod postgres;

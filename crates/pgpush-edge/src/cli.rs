@@ -65,7 +65,7 @@ pub async fn listen(
             reason,
         })?;
     }
-    let (listener, task) = Listener::new(options.listener());
+    let (listener, task) = Listener::new(options.listener(), &[]);
     let sink = Arc::new(PrintSink {
         out: Mutex::new(std::io::stdout()),
     });
@@ -97,5 +97,22 @@ pub async fn notify(
     })?;
     let publisher = Publisher::new(ConnectOptions::parse(&url)?.pool(), 1)?;
     publisher.notify(channel, payload).await?;
+    Ok(())
+}
+
+/// `pgpush migrate`: creates or upgrades the `pgpush` schema, printing what it applied.
+pub async fn migrate(database_url: Option<String>) -> Result<(), CommandError> {
+    let url = database_url.ok_or(CommandError::NoDatabase)?;
+    let applied = crate::migrate(&ConnectOptions::parse(&url)?).await?;
+    if applied.is_empty() {
+        println!(
+            "pgpush schema is up to date (version {})",
+            pgpush_pg::SCHEMA_VERSION
+        );
+    } else {
+        for version in applied {
+            println!("applied migration {version}");
+        }
+    }
     Ok(())
 }

@@ -22,6 +22,8 @@ pub enum CliCommand {
     Listen(ListenArgs),
     /// Send one notification with pg_notify.
     Notify(NotifyArgs),
+    /// Create or upgrade the `pgpush` schema (durable channels); safe to run again.
+    Migrate(DatabaseArgs),
 }
 
 /// Where the database is.
@@ -71,6 +73,11 @@ pub struct ServeConfig {
     #[arg(long, env = "PGPUSH_SSE_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
     pub sse_keepalive: Duration,
 
+    /// How long a channel stays LISTENed after its last local subscriber left (spares PostgreSQL
+    /// a LISTEN/UNLISTEN pair per long poll or reconnect); 0 UNLISTENs at once.
+    #[arg(long, env = "PGPUSH_UNLISTEN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub unlisten_delay: Duration,
+
     /// How long a subscribe may wait for PostgreSQL to confirm LISTEN before it fails.
     #[arg(long, env = "PGPUSH_SUBSCRIBE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub subscribe_timeout: Duration,
@@ -86,6 +93,63 @@ pub struct ServeConfig {
     /// The Hippie compatibility routes.
     #[command(flatten)]
     pub hippie: HippieConfig,
+
+    /// Durable channels.
+    #[command(flatten)]
+    pub durable: DurableArgs,
+}
+
+/// Settings of durable channels.
+#[derive(Debug, Clone, Args)]
+pub struct DurableArgs {
+    /// Apply pending schema migrations (`pgpush migrate`) before serving.
+    #[arg(long, env = "PGPUSH_MIGRATE")]
+    pub migrate: bool,
+
+    /// Largest durable payload accepted from clients, in bytes (the SQL function's own limit is
+    /// the `max_payload_bytes` row of `pgpush.settings`).
+    #[arg(long, env = "PGPUSH_MAX_DURABLE_PAYLOAD_BYTES", default_value_t = 1 << 20)]
+    pub max_payload_bytes: usize,
+
+    /// Delete durable events older than this (0 keeps them).
+    #[arg(long, env = "PGPUSH_RETENTION_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub retention_age: Duration,
+
+    /// Keep at most this many durable events (0 for no limit).
+    #[arg(long, env = "PGPUSH_RETENTION_COUNT", default_value_t = 1_000_000)]
+    pub retention_count: i64,
+
+    /// How often the sequencer applies retention.
+    #[arg(long, env = "PGPUSH_RETENTION_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
+
+    /// How long an `Idempotency-Key` makes retries publish once.
+    #[arg(long, env = "PGPUSH_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_window: Duration,
+
+    /// How long the sequencer waits between polls when nothing is waiting for a position.
+    #[arg(long, env = "PGPUSH_SEQUENCER_INTERVAL", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub sequencer_interval: Duration,
+
+    /// How often a node that is not the sequencer tries to become it.
+    #[arg(long, env = "PGPUSH_SEQUENCER_TAKEOVER", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sequencer_takeover: Duration,
+
+    /// Never run the sequencer on this node.
+    #[arg(long, env = "PGPUSH_NO_SEQUENCER")]
+    pub no_sequencer: bool,
+
+    /// Catch up with the events table at least this often, even without a wake-up.
+    #[arg(long, env = "PGPUSH_CATCH_UP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub catch_up_interval: Duration,
+
+    /// Recent durable messages kept in memory to replay recent cursors without a query.
+    #[arg(long, env = "PGPUSH_REPLAY_CACHE_MESSAGES", default_value_t = 10_000)]
+    pub replay_cache_messages: usize,
+
+    /// Payload bytes of that cache.
+    #[arg(long, env = "PGPUSH_REPLAY_CACHE_BYTES", default_value_t = 64 << 20)]
+    pub replay_cache_bytes: usize,
 }
 
 /// Settings of the Hippie routes (the original Web::Hippie::PubSub protocol).

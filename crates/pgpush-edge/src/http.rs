@@ -102,10 +102,11 @@ pub(crate) async fn route(
         )),
         (&Method::GET, "/v1/ws") => transport::ws::upgrade(node, conn, request),
         (&Method::GET, "/v1/sse") => transport::sse::open(node, conn, request).await,
+        (&Method::GET, "/v1/poll") => transport::poll::poll(node, conn, request).await,
         (&Method::POST, p) if p.starts_with("/v1/publish/") => {
             publish::http_publish(node, request, &p["/v1/publish/".len()..]).await
         }
-        (_, "/healthz" | "/readyz" | "/v1/stats" | "/v1/ws" | "/v1/sse") => {
+        (_, "/healthz" | "/readyz" | "/v1/stats" | "/v1/ws" | "/v1/sse" | "/v1/poll") => {
             Err(not_allowed(&method))
         }
         (_, p) if p.starts_with("/v1/publish/") => Err(not_allowed(&method)),

@@ -5,14 +5,16 @@
 
 pub mod cli;
 pub mod config;
+mod durable;
 mod hippie;
 mod http;
 pub mod hub;
 mod node;
 mod policy;
 mod publish;
+mod resume;
 mod server;
 pub mod stats;
 mod transport;
 
-pub use node::{Node, StartError, run};
+pub use node::{Node, StartError, migrate, run};

@@ -61,7 +61,9 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
         match cli.command {
             CliCommand::Serve(mut config) => {
                 if let Some(cluster) = &throwaway {
+                    // Our own database: give it the schema durable channels need.
                     config.database.database_url = Some(cluster.url());
+                    config.durable.migrate = true;
                 }
                 pgpush_edge::run(*config, shutdown, |address| {
                     let mut out = std::io::stdout();
@@ -78,6 +80,9 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
                 cli::listen(args.database.database_url, &args.channels, shutdown)
                     .await
                     .map_err(command_error)
+            }
+            CliCommand::Migrate(args) => {
+                cli::migrate(args.database_url).await.map_err(command_error)
             }
             CliCommand::Notify(args) => {
                 cli::notify(args.database.database_url, &args.channel, &args.payload)

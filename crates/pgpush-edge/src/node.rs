@@ -2,7 +2,9 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use pgpush_pg::{ConnectOptions, Listener, Publisher};
+use pgpush_pg::{
+    ConnectOptions, Listener, Publisher, SequencerConfig, SequencerHandle, spawn_sequencer,
+};
 use pgpush_protocol::StatsSnapshot;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -11,8 +13,9 @@ use tracing::info;
 
 use crate::{
     config::ServeConfig,
+    durable::{Durable, DurableConfig},
     hippie::{Hippie, Registry},
-    hub::{Hub, QueueLimits},
+    hub::{Hub, QueueLimits, RecentLimits, WAKE_CHANNEL},
     server,
     stats::Stats,
 };
@@ -26,6 +29,9 @@ pub enum StartError {
     /// The database URL does not parse.
     #[error("bad database URL: {0}")]
     Database(#[from] pgpush_pg::Error),
+    /// `--migrate` was given and the migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(pgpush_pg::Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -55,6 +61,10 @@ pub struct Node {
     pub tracker: TaskTracker,
     /// The Hippie routes, unless turned off.
     pub(crate) hippie: Option<Hippie>,
+    /// Durable channels.
+    pub(crate) durable: Arc<Durable>,
+    /// Whether this node is the sequencer (`None` with `--no-sequencer`).
+    pub(crate) sequencer: Option<SequencerHandle>,
 }
 
 impl Node {
@@ -65,12 +75,15 @@ impl Node {
 
     /// The `/v1/stats` document.
     pub fn stats_snapshot(&self) -> StatsSnapshot {
-        self.stats.snapshot(
+        let mut snapshot = self.stats.snapshot(
             &self.node_id,
             self.hub.listener_up(),
             self.hub.channels_listened(),
             self.hippie.as_ref().map_or(0, |h| h.registry.len()),
-        )
+        );
+        snapshot.durable_head = self.durable.head();
+        snapshot.sequencer = self.sequencer.as_ref().is_some_and(|s| s.is_leader());
+        snapshot
     }
 
     /// The WebSocket settings: a small read buffer (idle connections cost little memory),
@@ -100,6 +113,9 @@ pub async fn run(
         .clone()
         .ok_or(StartError::NoDatabase)?;
     let options = ConnectOptions::parse(&url)?;
+    if config.durable.migrate {
+        migrate(&options).await.map_err(StartError::Migrate)?;
+    }
     let socket = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -112,7 +128,9 @@ pub async fn run(
     })?;
 
     let stats = Arc::new(Stats::default());
-    let (listener, listener_task) = Listener::new(options.listener());
+    // Background tasks that end with the LISTEN connection, after clients are gone.
+    let listener_shutdown = CancellationToken::new();
+    let (listener, listener_task) = Listener::new(options.listener(), &[WAKE_CHANNEL]);
     let hub = Arc::new(Hub::new(
         listener,
         stats.clone(),
@@ -120,11 +138,41 @@ pub async fn run(
             messages: config.max_queue_messages,
             bytes: config.max_queue_bytes,
         },
+        RecentLimits {
+            messages: config.durable.replay_cache_messages,
+            bytes: config.durable.replay_cache_bytes,
+        },
+        config.unlisten_delay,
     ));
-    // The LISTEN connection has its own token: it closes last, after clients are gone.
-    let listener_shutdown = CancellationToken::new();
+    tokio::spawn(hub.clone().sweep_until(listener_shutdown.clone()));
     let listener_handle = tokio::spawn(listener_task.run(hub.clone(), listener_shutdown.clone()));
     let publisher = Publisher::new(options.pool(), config.pool_size)?;
+    let durable = Arc::new(Durable::new(
+        publisher.events(),
+        hub.clone(),
+        DurableConfig {
+            catch_up_interval: config.durable.catch_up_interval,
+            max_payload_bytes: config.durable.max_payload_bytes,
+            idempotency_window: config.durable.idempotency_window,
+        },
+    ));
+    let durable_task = tokio::spawn(durable.clone().run(listener_shutdown.clone()));
+    let sequencer = (!config.durable.no_sequencer).then(|| {
+        let settings = SequencerConfig {
+            idle_interval: config.durable.sequencer_interval,
+            takeover_interval: config.durable.sequencer_takeover,
+            batch_size: 10_000,
+            retention_age: Some(config.durable.retention_age).filter(|d| !d.is_zero()),
+            retention_count: Some(config.durable.retention_count).filter(|n| *n > 0),
+            idempotency_window: config.durable.idempotency_window,
+            retention_interval: config.durable.retention_interval,
+        };
+        spawn_sequencer(options.listener(), settings, listener_shutdown.clone())
+    });
+    let (sequencer, sequencer_task) = match sequencer {
+        Some((handle, task)) => (Some(handle), Some(task)),
+        None => (None, None),
+    };
     let hippie = (!config.hippie.disabled).then(|| {
         let limits = QueueLimits {
             messages: config.hippie.queue_messages,
@@ -146,14 +194,26 @@ pub async fn run(
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
         hippie,
+        durable,
+        sequencer,
     });
     info!(%address, node = %node.node_id, "pgpush listening");
     on_bound(address);
 
     server::serve(socket, node.clone()).await;
 
+    // The sequencer hands over (releases its lock) and the LISTEN connection closes last.
     listener_shutdown.cancel();
+    if let Some(task) = sequencer_task {
+        let _ = task.await;
+    }
+    let _ = durable_task.await;
     let _ = listener_handle.await;
     info!("pgpush stopped");
     Ok(())
+}
+
+/// Applies pending migrations (`pgpush migrate`, `serve --migrate`); returns the versions applied.
+pub async fn migrate(options: &ConnectOptions) -> Result<Vec<i32>, pgpush_pg::Error> {
+    pgpush_pg::migrate_database(options).await
 }

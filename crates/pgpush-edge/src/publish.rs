@@ -42,6 +42,22 @@ pub(crate) async fn http_publish(
             ApiError::new(ErrorCode::BadRequest, "mode must be durable or ephemeral")
         })?,
     };
+    let idempotency_key = match request.headers().get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .filter(|key| (1..=255).contains(&key.len()))
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::BadRequest,
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })?,
+        ),
+    };
     let limit = node.config.max_message_bytes;
     let body = Limited::new(request.into_body(), limit)
         .collect()
@@ -56,20 +72,28 @@ pub(crate) async fn http_publish(
         .to_bytes();
     let payload = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(ErrorCode::BadPayload, "payload must be UTF-8 text"))?;
-    let cursor = publish(&node, &channel, payload, mode).await?;
+    let cursor = publish(&node, &channel, payload, mode, idempotency_key.as_deref()).await?;
+    // A durable event not positioned in time is committed but has no cursor yet: 202.
+    let status = if mode == PublishMode::Durable && cursor.is_none() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
     Ok(json(
-        StatusCode::OK,
+        status,
         publish_reply(&channel, mode, cursor.as_deref()),
     ))
 }
 
-/// Publishes `payload` on `channel`; returns the cursor of a durable publish. Subscribers,
-/// this node's included, receive it through PostgreSQL, exactly once.
+/// Publishes `payload` on `channel`; returns the cursor of a durable publish (`None` when the
+/// sequencer has not positioned it in time). Subscribers, this node's included, receive it
+/// through PostgreSQL, exactly once. `idempotency_key` applies to durable publishes.
 pub(crate) async fn publish(
     node: &Node,
     channel: &Channel,
     payload: &str,
     mode: PublishMode,
+    idempotency_key: Option<&str>,
 ) -> Result<Option<String>, ApiError> {
     if payload.contains('\0') {
         return Err(ApiError::new(
@@ -78,10 +102,14 @@ pub(crate) async fn publish(
         ));
     }
     match mode {
-        PublishMode::Durable => Err(ApiError::new(
-            ErrorCode::NotImplemented,
-            "durable publishing is not available on this server yet; use mode=ephemeral",
-        )),
+        PublishMode::Durable => {
+            let cursor = node
+                .durable
+                .publish(channel, payload, None, idempotency_key)
+                .await?;
+            node.stats.publishes.fetch_add(1, Ordering::Relaxed);
+            Ok(cursor)
+        }
         PublishMode::Ephemeral => {
             if payload.len() > MAX_NOTIFY_PAYLOAD_BYTES {
                 return Err(ApiError::new(
@@ -105,9 +133,14 @@ pub(crate) async fn publish(
 /// Maps a database failure to what the client is told; internals go to the log only.
 pub(crate) fn database_error(failure: pgpush_pg::Error) -> ApiError {
     if failure.is_payload_too_large() {
-        ApiError::new(ErrorCode::TooLarge, "payload too large for NOTIFY")
+        ApiError::new(ErrorCode::TooLarge, "payload too large")
     } else if failure.is_unavailable() || failure.is_queue_full() {
         ApiError::new(ErrorCode::Unavailable, "database unavailable; retry later")
+    } else if failure.is_not_migrated() {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "durable channels need the pgpush schema: run `pgpush migrate`",
+        )
     } else {
         error!(error = %failure, "publish failed");
         ApiError::new(ErrorCode::Internal, "publish failed")

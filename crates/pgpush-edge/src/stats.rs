@@ -100,6 +100,8 @@ impl Stats {
             slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
             publishes: self.publishes.load(Ordering::Relaxed),
             hippie_queues: hippie_queues as u64,
+            durable_head: None,
+            sequencer: false,
         }
     }
 }

@@ -17,6 +17,8 @@ enum Kind {
     Unavailable,
     PayloadTooLarge,
     QueueFull,
+    NotMigrated,
+    Invalid,
     Db,
 }
 
@@ -51,6 +53,16 @@ impl Error {
         self.kind == Kind::QueueFull
     }
 
+    /// True when the `pgpush` schema is missing: run `pgpush migrate`.
+    pub fn is_not_migrated(&self) -> bool {
+        self.kind == Kind::NotMigrated
+    }
+
+    /// True when PostgreSQL refused the arguments (a bad channel name, a NULL payload).
+    pub fn is_invalid(&self) -> bool {
+        self.kind == Kind::Invalid
+    }
+
     /// True for a bad connection URL.
     pub fn is_config(&self) -> bool {
         self.kind == Kind::Config
@@ -62,6 +74,16 @@ impl From<tokio_postgres::Error> for Error {
         use tokio_postgres::error::SqlState;
         let kind = match error.code() {
             Some(code) if *code == SqlState::INVALID_PARAMETER_VALUE => Kind::PayloadTooLarge,
+            // Raised by pgpush.publish (see migrations/0001).
+            Some(code) if code.code() == "PP413" => Kind::PayloadTooLarge,
+            Some(code) if code.code() == "PP400" => Kind::Invalid,
+            Some(code)
+                if *code == SqlState::UNDEFINED_TABLE
+                    || *code == SqlState::INVALID_SCHEMA_NAME
+                    || *code == SqlState::UNDEFINED_FUNCTION =>
+            {
+                Kind::NotMigrated
+            }
             Some(code) if *code == SqlState::PROGRAM_LIMIT_EXCEEDED => Kind::QueueFull,
             Some(code)
                 if *code == SqlState::ADMIN_SHUTDOWN
@@ -96,6 +118,8 @@ impl fmt::Display for Error {
             Kind::Unavailable => "database unavailable",
             Kind::PayloadTooLarge => "payload too large for NOTIFY",
             Kind::QueueFull => "notification queue full",
+            Kind::NotMigrated => "the pgpush schema is missing or old (run `pgpush migrate`)",
+            Kind::Invalid => "invalid arguments",
             Kind::Db => "database error",
         };
         f.write_str(what)?;

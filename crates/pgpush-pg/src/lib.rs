@@ -6,12 +6,18 @@
 
 mod connect;
 mod error;
+mod events;
 mod listener;
+mod migrations;
 mod publisher;
+mod sequencer;
 pub mod throwaway;
 
 pub use connect::{ConnectOptions, quote_ident};
 pub use error::Error;
+pub use events::{EventRow, EventStore, Head, Installation, Replay};
 pub use listener::{Listener, ListenerState, ListenerTask, NotificationSink};
+pub use migrations::{SCHEMA_VERSION, migrate, migrate_database, schema_version};
 pub use publisher::Publisher;
+pub use sequencer::{SequencerConfig, SequencerHandle, spawn_sequencer};
 pub use tokio_postgres::Config as PgConfig;

@@ -123,7 +123,10 @@ impl Listener {
     /// Creates the handle and the task that owns the connection. Run the task with
     /// [`ListenerTask::run`]; commands issued before it runs are kept and applied once connected.
     /// `config` comes from [`crate::ConnectOptions::listener`].
-    pub fn new(config: tokio_postgres::Config) -> (Listener, ListenerTask) {
+    ///
+    /// `permanent` channels are LISTENed on every connection and never UNLISTENed (pgpush's own
+    /// wake-up channel); they do not count in [`Listener::listened_channels`].
+    pub fn new(config: tokio_postgres::Config, permanent: &[&str]) -> (Listener, ListenerTask) {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(ListenerState::Down);
         let listened = Arc::new(AtomicUsize::new(0));
@@ -131,7 +134,8 @@ impl Listener {
             config,
             commands: command_rx,
             state: state_tx,
-            wanted: HashSet::new(),
+            wanted: permanent.iter().map(|c| c.to_string()).collect(),
+            permanent: permanent.iter().map(|c| c.to_string()).collect(),
             waiting: Vec::new(),
             listened: listened.clone(),
             generation: 0,
@@ -154,6 +158,8 @@ pub struct ListenerTask {
     state: watch::Sender<ListenerState>,
     /// Channels that should be LISTENed: the source of truth for re-LISTEN after a reconnect.
     wanted: HashSet<String>,
+    /// Channels LISTENed always.
+    permanent: HashSet<String>,
     /// Confirmations owed once the connection is up again.
     waiting: Vec<oneshot::Sender<()>>,
     listened: Arc<AtomicUsize>,
@@ -226,10 +232,12 @@ impl ListenerTask {
                 self.waiting.push(done);
             }
             Command::Unlisten { channel } => {
-                self.wanted.remove(&channel);
+                if !self.permanent.contains(&channel) {
+                    self.wanted.remove(&channel);
+                }
             }
         }
-        self.listened.store(self.wanted.len(), Ordering::Relaxed);
+        self.count_listened();
     }
 
     /// One connection's life: connect, LISTEN everything wanted, then serve commands and
@@ -347,6 +355,11 @@ impl ListenerTask {
         }
     }
 
+    fn count_listened(&self) {
+        self.listened
+            .store(self.wanted.len() - self.permanent.len(), Ordering::Relaxed);
+    }
+
     /// Records a batch of commands and returns the SQL that brings the session in line.
     fn apply(&mut self, batch: Vec<Command>) -> String {
         let mut sql = String::new();
@@ -359,13 +372,13 @@ impl ListenerTask {
                     self.waiting.push(done);
                 }
                 Command::Unlisten { channel } => {
-                    if self.wanted.remove(&channel) {
+                    if !self.permanent.contains(&channel) && self.wanted.remove(&channel) {
                         sql.push_str(&statements("UNLISTEN", &[channel]));
                     }
                 }
             }
         }
-        self.listened.store(self.wanted.len(), Ordering::Relaxed);
+        self.count_listened();
         sql
     }
 }

@@ -44,8 +44,8 @@ impl Publisher {
         Ok(())
     }
 
-    /// The underlying pool, for queries of other modules.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The durable events table, through the same pool.
+    pub fn events(&self) -> crate::EventStore {
+        crate::EventStore::new(self.pool.clone())
     }
 }

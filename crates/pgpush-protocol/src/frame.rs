@@ -298,6 +298,32 @@ pub fn publish_reply(channel: &Channel, mode: PublishMode, cursor: Option<&str>)
     )
 }
 
+/// The `/v1/poll` answer: `{"messages":[...],"cursor":"c"}`, plus `"reset":true` when the
+/// client's cursor was older than retention. `messages` are WebSocket message frames.
+pub fn poll_reply<'a>(
+    messages: impl IntoIterator<Item = &'a [u8]>,
+    cursor: Option<&str>,
+    reset: bool,
+) -> Bytes {
+    let mut out = Vec::from(&br#"{"messages":["#[..]);
+    for (i, message) in messages.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(message);
+    }
+    out.extend_from_slice(br#"],"cursor":"#);
+    match cursor {
+        Some(cursor) => crate::payload::write_json_string(&mut out, cursor),
+        None => out.extend_from_slice(b"null"),
+    }
+    if reset {
+        out.extend_from_slice(br#","reset":true"#);
+    }
+    out.push(b'}');
+    Bytes::from(out)
+}
+
 /// The JSON body of an HTTP error response: `{"error":"<code>","reason":"<text>"}`.
 pub fn http_error_body(code: ErrorCode, reason: &str) -> Bytes {
     #[derive(Serialize)]

@@ -4,6 +4,7 @@
 //! [`bytes::Bytes`] so a message fanned out to many subscribers is encoded once per transport.
 
 mod channel;
+mod cursor;
 mod error_code;
 mod frame;
 pub mod hippie;
@@ -13,10 +14,11 @@ pub mod sse;
 mod stats;
 
 pub use channel::{Channel, ChannelError, MAX_CHANNEL_BYTES, RESERVED_PREFIX};
+pub use cursor::{CursorError, CursorKey};
 pub use error_code::ErrorCode;
 pub use frame::{
     ClientFrame, FrameError, ParsedFrame, PublishMode, ServerFrame, http_error_body,
-    parse_client_frame, publish_reply, raw_reference,
+    parse_client_frame, poll_reply, publish_reply, raw_reference,
 };
 pub use message::Message;
 pub use payload::{MAX_NOTIFY_PAYLOAD_BYTES, Payload};

@@ -16,7 +16,8 @@ use crate::{Channel, Payload, payload::write_json_string, sse};
 pub struct Message {
     channel: Channel,
     payload: Payload,
-    cursor: Option<Box<str>>,
+    /// Position in the global order and its cursor, for durable messages.
+    durable: Option<(i64, Box<str>)>,
     websocket: OnceLock<Bytes>,
     sse: OnceLock<Bytes>,
     hippie: OnceLock<Bytes>,
@@ -24,12 +25,21 @@ pub struct Message {
 }
 
 impl Message {
-    /// A message on `channel`; `cursor` is set for durable messages only.
-    pub fn new(channel: Channel, payload: Payload, cursor: Option<Box<str>>) -> Message {
+    /// An ephemeral message (a NOTIFY).
+    pub fn ephemeral(channel: Channel, payload: Payload) -> Message {
+        Message::new(channel, payload, None)
+    }
+
+    /// A durable message at `position`, whose cursor is `cursor`.
+    pub fn durable(channel: Channel, payload: Payload, position: i64, cursor: String) -> Message {
+        Message::new(channel, payload, Some((position, cursor.into_boxed_str())))
+    }
+
+    fn new(channel: Channel, payload: Payload, durable: Option<(i64, Box<str>)>) -> Message {
         Message {
             channel,
             payload,
-            cursor,
+            durable,
             websocket: OnceLock::new(),
             sse: OnceLock::new(),
             hippie: OnceLock::new(),
@@ -49,7 +59,12 @@ impl Message {
 
     /// The cursor of a durable message.
     pub fn cursor(&self) -> Option<&str> {
-        self.cursor.as_deref()
+        self.durable.as_ref().map(|(_, cursor)| &**cursor)
+    }
+
+    /// The position of a durable message in the global order.
+    pub fn position(&self) -> Option<i64> {
+        self.durable.as_ref().map(|(position, _)| *position)
     }
 
     /// The WebSocket text frame (and long-poll array element):
@@ -61,7 +76,7 @@ impl Message {
             write_json_string(&mut out, self.channel.as_str());
             out.extend_from_slice(br#","data":"#);
             self.payload.write_json(&mut out);
-            if let Some(cursor) = &self.cursor {
+            if let Some(cursor) = self.cursor() {
                 out.extend_from_slice(br#","cursor":"#);
                 write_json_string(&mut out, cursor);
             }
@@ -81,7 +96,7 @@ impl Message {
             self.payload.write_json(&mut data);
             data.push(b'}');
             let mut out = Vec::with_capacity(data.len() + 64);
-            sse::write_event(&mut out, self.cursor.as_deref(), "message", &data);
+            sse::write_event(&mut out, self.cursor(), "message", &data);
             Bytes::from(out)
         })
     }
@@ -115,11 +130,11 @@ mod tests {
     use super::*;
 
     fn message(channel: &str, payload: &str, cursor: Option<&str>) -> Message {
-        Message::new(
-            Channel::new(channel).unwrap(),
-            Payload::new(payload),
-            cursor.map(Into::into),
-        )
+        let channel = Channel::new(channel).unwrap();
+        match cursor {
+            Some(cursor) => Message::durable(channel, Payload::new(payload), 1, cursor.into()),
+            None => Message::ephemeral(channel, Payload::new(payload)),
+        }
     }
 
     #[test]

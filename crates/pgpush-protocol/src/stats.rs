@@ -27,6 +27,11 @@ pub struct StatsSnapshot {
     pub publishes: u64,
     /// Hippie client queues alive (0 when the Hippie routes are off).
     pub hippie_queues: u64,
+    /// Position up to which this node has delivered durable events (`null` before the
+    /// durable reader started).
+    pub durable_head: Option<i64>,
+    /// True while this node runs the sequencer.
+    pub sequencer: bool,
 }
 
 /// Open connections by transport.

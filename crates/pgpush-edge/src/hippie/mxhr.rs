@@ -70,6 +70,7 @@ pub(crate) async fn open(
         Box::new((attachment, guard)),
         node.stats.clone(),
         first,
+        None,
         Some(hippie.config.keepalive),
         StreamEnds {
             shutdown: node.shutdown.clone(),

@@ -27,7 +27,7 @@ pub(crate) async fn stamp_and_publish(
         .unwrap_or(0);
     let stamped = stamp(message, now, &address.to_string())
         .map_err(|error| ApiError::new(ErrorCode::BadPayload, error.to_string()))?;
-    publish::publish(node, channel, &stamped, PublishMode::Ephemeral).await?;
+    publish::publish(node, channel, &stamped, PublishMode::Ephemeral, None).await?;
     if let Some(hippie) = &node.hippie {
         hippie.events_published.fetch_add(1, Ordering::Relaxed);
     }

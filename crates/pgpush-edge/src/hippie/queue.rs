@@ -148,9 +148,11 @@ impl Registry {
                     .subscribe(
                         &queue.outbox,
                         std::slice::from_ref(&queue.channel),
+                        None,
                         subscribe_timeout,
                     )
                     .await
+                    .map(|_| ())
             })
             .await;
         if let Err(error) = subscribed {

@@ -8,10 +8,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pgpush_protocol::{ErrorCode, Message, ServerFrame, sse};
 
+use futures_util::{StreamExt, stream};
+
 use crate::{
     Node,
     http::{ApiError, Body, ConnInfo, query_channels, query_pairs},
     hub::Session,
+    resume::{self, ReplayBatch},
     stats::Transport,
     transport::stream_body::{StreamBody, StreamEnds, StreamFormat},
 };
@@ -26,26 +29,64 @@ pub(crate) async fn open(
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let channels = query_channels(&query_pairs(&request))?;
+    let pairs = query_pairs(&request);
+    let channels = query_channels(&pairs)?;
     if channels.is_empty() {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
             "subscribe to at least one channel: /v1/sse?channel=<name>",
         ));
     }
+    // A browser reconnecting sends the last event id it saw; it overrides `since`.
+    let cursor = request
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .or_else(|| {
+            pairs
+                .iter()
+                .find(|(name, _)| name == "since")
+                .map(|(_, v)| v.to_string())
+        });
     let (outbox, inbox) = node.hub.outbox(Some(conn.kill.clone()));
     let mut session = Session::new(node.hub.clone(), outbox);
-    session
-        .subscribe(&channels, node.config.subscribe_timeout)
-        .await
-        .map_err(|error| ApiError::new(ErrorCode::Unavailable, error.to_string()))?;
+    let resumed = resume::subscribe(&node, &mut session, &channels, cursor.as_deref()).await?;
     let subscribed = ServerFrame::Subscribed {
         channels: &channels,
-        cursor: None,
+        cursor: resumed.cursor(&node.durable).as_deref(),
     }
     .encode();
-    let mut first = Vec::new();
-    sse::write_event(&mut first, None, "subscribed", &subscribed);
+    let mut subscribed_event = Vec::new();
+    sse::write_event(&mut subscribed_event, None, "subscribed", &subscribed);
+
+    // The replay, then `subscribed`, then the live queue.
+    let stats = node.stats.clone();
+    let prelude = resume::batches(node.durable.clone(), channels.clone(), resumed.replay)
+        .map(move |batch| match batch {
+            Ok(ReplayBatch::Messages(messages)) => {
+                stats.delivered(messages.len());
+                let mut chunks = VecDeque::new();
+                SseFormat.encode(&messages, &mut chunks);
+                Ok(chunks.into_iter().next().unwrap_or_default())
+            }
+            Ok(ReplayBatch::Reset) => {
+                let mut event = Vec::new();
+                let reset = ServerFrame::Reset {
+                    reason: "cursor expired",
+                }
+                .encode();
+                sse::write_event(&mut event, None, "reset", &reset);
+                Ok(Bytes::from(event))
+            }
+            // Live messages are queued behind the replay: end the stream rather than leave a
+            // gap; the browser reconnects with its last event id.
+            Err(error) => Err(SseFormat::error_event(error.code, &error.reason)),
+        })
+        .chain(stream::once(
+            async move { Ok(Bytes::from(subscribed_event)) },
+        ));
 
     let guard = node.stats.connection(Transport::Sse);
     let body = StreamBody::new(
@@ -53,7 +94,8 @@ pub(crate) async fn open(
         Box::new(inbox),
         Box::new((session, guard)),
         node.stats.clone(),
-        vec![Bytes::from(first)],
+        Vec::new(),
+        Some(Box::pin(prelude)),
         Some(node.config.sse_keepalive),
         StreamEnds {
             shutdown: node.shutdown.clone(),
@@ -74,6 +116,21 @@ pub(crate) async fn open(
 }
 
 struct SseFormat;
+
+impl SseFormat {
+    /// `event: error` with the error frame as data.
+    fn error_event(code: ErrorCode, reason: &str) -> Bytes {
+        let error = ServerFrame::Error {
+            code: code.as_str(),
+            reason,
+            reference: None,
+        }
+        .encode();
+        let mut event = Vec::new();
+        sse::write_event(&mut event, None, "error", &error);
+        Bytes::from(event)
+    }
+}
 
 impl StreamFormat for SseFormat {
     /// One chunk per batch: the shared encoding itself for one message, a copy for more.
@@ -101,14 +158,9 @@ impl StreamFormat for SseFormat {
     }
 
     fn overflow(&self) -> Option<Bytes> {
-        let error = ServerFrame::Error {
-            code: ErrorCode::SlowConsumer.as_str(),
-            reason: "queue overflowed; reconnect",
-            reference: None,
-        }
-        .encode();
-        let mut last = Vec::new();
-        sse::write_event(&mut last, None, "error", &error);
-        Some(Bytes::from(last))
+        Some(SseFormat::error_event(
+            ErrorCode::SlowConsumer,
+            "queue overflowed; reconnect",
+        ))
     }
 }

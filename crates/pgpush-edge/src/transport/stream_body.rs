@@ -9,6 +9,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::Stream;
 use http_body::Frame;
 use pgpush_protocol::Message;
 use tokio::time::Sleep;
@@ -53,6 +54,9 @@ pub(crate) struct StreamEnds {
     pub(crate) superseded: Option<CancellationToken>,
 }
 
+/// Body chunks sent before the queue (a replay); an `Err` chunk is sent and ends the stream.
+pub(crate) type Prelude = Pin<Box<dyn Stream<Item = Result<Bytes, Bytes>> + Send>>;
+
 /// Streams `inbox` in `F`'s format until one of the ends fires or the queue closes.
 pub(crate) struct StreamBody<F: StreamFormat> {
     format: F,
@@ -61,6 +65,7 @@ pub(crate) struct StreamBody<F: StreamFormat> {
     _holds: Box<dyn Send>,
     stats: Arc<Stats>,
     pending: VecDeque<Bytes>,
+    prelude: Option<Prelude>,
     keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     kill: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -70,13 +75,16 @@ pub(crate) struct StreamBody<F: StreamFormat> {
 }
 
 impl<F: StreamFormat> StreamBody<F> {
-    /// A body that first sends `preamble`, then the queue's messages.
+    /// A body that first sends `preamble`, then what `prelude` yields, then the queue's
+    /// messages.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         format: F,
         inbox: Box<dyn InboxSource>,
         holds: Box<dyn Send>,
         stats: Arc<Stats>,
         preamble: Vec<Bytes>,
+        prelude: Option<Prelude>,
         keepalive: Option<Duration>,
         ends: StreamEnds,
     ) -> StreamBody<F> {
@@ -86,6 +94,7 @@ impl<F: StreamFormat> StreamBody<F> {
             _holds: holds,
             stats,
             pending: preamble.into(),
+            prelude,
             keepalive: keepalive
                 .filter(|d| !d.is_zero())
                 .map(|every| (Box::pin(tokio::time::sleep(every)), every)),
@@ -135,7 +144,18 @@ impl<F: StreamFormat> http_body::Body for StreamBody<F> {
         {
             return this.finish(None);
         }
-        if this.pending.is_empty() {
+        if this.pending.is_empty()
+            && let Some(prelude) = &mut this.prelude
+        {
+            match prelude.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => this.pending.push_back(chunk),
+                Poll::Ready(Some(Err(last))) => return this.finish(Some(last)),
+                Poll::Ready(None) => this.prelude = None,
+                // The queue waits until the prelude is sent: it holds later messages.
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if this.pending.is_empty() && this.prelude.is_none() {
             match this
                 .inbox
                 .inbox()

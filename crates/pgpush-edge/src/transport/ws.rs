@@ -10,11 +10,15 @@ use pgpush_protocol::{
     raw_reference,
 };
 
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
 use crate::{
     Node,
     http::{ApiError, Body, ConnInfo, query_channels, query_pairs},
     hub::Session,
     policy, publish,
+    resume::{self, ReplayBatch},
     stats::Transport,
     transport::websocket::{self, End, Interrupt, WsIo, WsProtocol},
 };
@@ -27,14 +31,29 @@ pub(crate) fn upgrade(
     mut request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let accept = websocket::accept_key(request.headers())?;
-    let channels = query_channels(&query_pairs(&request))?;
+    let pairs = query_pairs(&request);
+    let channels = query_channels(&pairs)?;
+    let since = pairs
+        .iter()
+        .find(|(name, _)| name == "since")
+        .map(|(_, value)| value.to_string());
+    if let Some(since) = &since {
+        node.durable.check_cursor(since)?;
+    }
+    drop(pairs);
     let task_node = node.clone();
     Ok(websocket::upgrade(&node, &mut request, accept, move |io| {
-        run(task_node, conn, io, channels)
+        run(task_node, conn, io, channels, since)
     }))
 }
 
-async fn run(node: Arc<Node>, conn: Arc<ConnInfo>, mut io: WsIo, channels: Vec<Channel>) {
+async fn run(
+    node: Arc<Node>,
+    conn: Arc<ConnInfo>,
+    mut io: WsIo,
+    channels: Vec<Channel>,
+    since: Option<String>,
+) {
     let _guard = node.stats.connection(Transport::WebSocket);
     let (outbox, mut inbox) = node.hub.outbox(Some(conn.kill.clone()));
     let mut protocol = Native {
@@ -49,7 +68,7 @@ async fn run(node: Arc<Node>, conn: Arc<ConnInfo>, mut io: WsIo, channels: Vec<C
     let mut end = Ok(());
     if !channels.is_empty() {
         end = protocol
-            .subscribe(&mut io, channels, None, &interrupt)
+            .subscribe(&mut io, channels, since, None, &interrupt)
             .await;
     }
     let end = match end {
@@ -103,10 +122,9 @@ impl WsProtocol for Native {
         };
         let reference = parsed.reference;
         match parsed.frame {
-            // Durable resume (`since`) arrives with the events table; ephemeral subscriptions have
-            // nothing to replay.
-            ClientFrame::Subscribe { channels, since: _ } => {
-                self.subscribe(io, channels, reference, interrupt).await
+            ClientFrame::Subscribe { channels, since } => {
+                self.subscribe(io, channels, since, reference, interrupt)
+                    .await
             }
             ClientFrame::Unsubscribe { channels } => {
                 self.session.unsubscribe(&channels);
@@ -131,6 +149,7 @@ impl WsProtocol for Native {
                             &channel,
                             data,
                             mode.unwrap_or(PublishMode::Durable),
+                            None,
                         )
                         .await
                     }
@@ -174,10 +193,13 @@ impl WsProtocol for Native {
 }
 
 impl Native {
+    /// Subscribes (replaying after `since`), sends the replay and then `subscribed` with the
+    /// connection's cursor; live messages queued meanwhile follow.
     async fn subscribe(
         &mut self,
         io: &mut WsIo,
         channels: Vec<Channel>,
+        since: Option<String>,
         reference: Option<&str>,
         interrupt: &Interrupt<'_>,
     ) -> Result<(), End> {
@@ -187,29 +209,54 @@ impl Native {
         {
             return send_error(io, error.code, &error.reason, reference, interrupt).await;
         }
-        match self
-            .session
-            .subscribe(&channels, self.node.config.subscribe_timeout)
-            .await
-        {
-            Ok(()) => {
-                let subscribed = ServerFrame::Subscribed {
-                    channels: &channels,
-                    cursor: None,
-                };
-                io.send_text(subscribed.encode(), interrupt).await
-            }
-            Err(error) => {
-                send_error(
-                    io,
-                    ErrorCode::Unavailable,
-                    &error.to_string(),
-                    reference,
-                    interrupt,
-                )
+        let resumed =
+            match resume::subscribe(&self.node, &mut self.session, &channels, since.as_deref())
                 .await
+            {
+                Ok(resumed) => resumed,
+                Err(error) => {
+                    return send_error(io, error.code, &error.reason, reference, interrupt).await;
+                }
+            };
+        let cursor = resumed.cursor(&self.node.durable);
+        let batches = resume::batches(self.node.durable.clone(), channels.clone(), resumed.replay);
+        let mut batches = std::pin::pin!(batches);
+        while let Some(batch) = batches.next().await {
+            match batch {
+                Ok(ReplayBatch::Messages(messages)) => {
+                    io.write_texts(
+                        messages.iter().map(|m| m.websocket_text().clone()),
+                        interrupt,
+                    )
+                    .await?;
+                    self.node.stats.delivered(messages.len());
+                }
+                Ok(ReplayBatch::Reset) => {
+                    io.send_text(
+                        ServerFrame::Reset {
+                            reason: "cursor expired",
+                        }
+                        .encode(),
+                        interrupt,
+                    )
+                    .await?;
+                }
+                Err(error) => {
+                    // Live messages after the replay are queued already: continuing would leave
+                    // a gap. Tell the client, and let it come back with its last cursor.
+                    send_error(io, error.code, &error.reason, reference, interrupt).await?;
+                    return Err(End::Close(
+                        CloseCode::Again,
+                        "replay failed; reconnect with your cursor",
+                    ));
+                }
             }
         }
+        let subscribed = ServerFrame::Subscribed {
+            channels: &channels,
+            cursor: cursor.as_deref(),
+        };
+        io.send_text(subscribed.encode(), interrupt).await
     }
 }
 

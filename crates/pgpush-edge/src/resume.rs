@@ -1,0 +1,115 @@
+//! Subscribing with a cursor: what a client missed, as a stream of batches to send before its
+//! live queue (memory first, then the events table in batches), or a reset.
+
+use std::sync::Arc;
+
+use futures_util::{Stream, stream};
+use pgpush_protocol::{Channel, ErrorCode, Message};
+
+use crate::{
+    Node,
+    durable::{Durable, Replayed},
+    http::ApiError,
+    hub::{Replay, Session},
+};
+
+/// One step of a replay.
+#[derive(Debug)]
+pub(crate) enum ReplayBatch {
+    /// Messages in position order.
+    Messages(Vec<Arc<Message>>),
+    /// Retention deleted events after the client's cursor: it must reload its state. Nothing
+    /// more is replayed; live messages continue.
+    Reset,
+}
+
+/// A subscription made with an optional cursor.
+#[derive(Debug)]
+pub(crate) struct Resumed {
+    /// Position of the cursor given.
+    pub(crate) since: Option<i64>,
+    /// The durable head when the subscriber was registered.
+    pub(crate) head: Option<i64>,
+    /// What to replay.
+    pub(crate) replay: Replay,
+}
+
+impl Resumed {
+    /// The connection's cursor once the replay is sent: the registration head (or the client's
+    /// own cursor, which is never above it).
+    pub(crate) fn cursor(&self, durable: &Durable) -> Option<String> {
+        let position = self.head.max(self.since)?;
+        durable.cursor(position)
+    }
+}
+
+/// Subscribes `session` to `channels`, resuming after `cursor` when given. Errors are
+/// `bad_cursor` (malformed or forged) and `unavailable` (database or LISTEN not ready).
+pub(crate) async fn subscribe(
+    node: &Node,
+    session: &mut Session,
+    channels: &[Channel],
+    cursor: Option<&str>,
+) -> Result<Resumed, ApiError> {
+    let since = match cursor {
+        Some(cursor) => Some(node.durable.resume_point(cursor).await?),
+        None => None,
+    };
+    let subscription = session
+        .subscribe(channels, since, node.config.subscribe_timeout)
+        .await
+        .map_err(|error| ApiError::new(ErrorCode::Unavailable, error.to_string()))?;
+    Ok(Resumed {
+        since,
+        head: subscription.head,
+        replay: subscription.replay,
+    })
+}
+
+/// The replay as batches: the memory part at once, the database part one query per batch.
+pub(crate) fn batches(
+    durable: Arc<Durable>,
+    channels: Vec<Channel>,
+    replay: Replay,
+) -> impl Stream<Item = Result<ReplayBatch, ApiError>> + Send + 'static {
+    enum State {
+        Memory(Vec<Arc<Message>>),
+        Database { from: i64, upto: i64 },
+        Done,
+    }
+    let start = match replay {
+        Replay::Nothing => State::Done,
+        Replay::Memory(messages) => State::Memory(messages),
+        Replay::Database { after, upto } => State::Database { from: after, upto },
+    };
+    stream::unfold(start, move |state| {
+        let durable = durable.clone();
+        let channels = channels.clone();
+        async move {
+            match state {
+                State::Done => None,
+                State::Memory(messages) if messages.is_empty() => None,
+                State::Memory(messages) => Some((Ok(ReplayBatch::Messages(messages)), State::Done)),
+                State::Database { from, upto } => {
+                    match durable.replay_chunk(&channels, from, upto).await {
+                        Err(error) => Some((Err(error), State::Done)),
+                        Ok(Replayed::Expired) => Some((Ok(ReplayBatch::Reset), State::Done)),
+                        Ok(Replayed::Messages { messages, more }) => {
+                            let next = match messages.last().and_then(|m| m.position()) {
+                                Some(last) if more && last < upto => {
+                                    State::Database { from: last, upto }
+                                }
+                                _ => State::Done,
+                            };
+                            if messages.is_empty() {
+                                None
+                            } else {
+                                Some((Ok(ReplayBatch::Messages(messages)), next))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,133 @@
+//! `/v1/poll`: stateless long and interval polling with a cursor.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use pgpush_protocol::{ErrorCode, Message, poll_reply};
+
+use crate::{
+    Node,
+    http::{ApiError, Body, ConnInfo, json, query_channels, query_pairs},
+    hub::Session,
+    resume::{self, ReplayBatch},
+    stats::Transport,
+};
+
+/// Longest hold, and the default.
+const MAX_WAIT: Duration = Duration::from_secs(25);
+/// Most messages one poll answers with.
+const MAX_MESSAGES: usize = 1000;
+
+/// `GET /v1/poll?channel=a&cursor=<c>&wait=<seconds>`: without a cursor, the current cursor at
+/// once; with one, what came after it (from memory or the events table), or, when nothing did,
+/// whatever arrives within `wait` seconds (`wait=0`: interval polling).
+pub(crate) async fn poll(
+    node: Arc<Node>,
+    conn: Arc<ConnInfo>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let pairs = query_pairs(&request);
+    let channels = query_channels(&pairs)?;
+    if channels.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "poll at least one channel: /v1/poll?channel=<name>",
+        ));
+    }
+    let value = |name: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let wait = match value("wait") {
+        None => MAX_WAIT,
+        Some(text) => text
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s).min(MAX_WAIT))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    "wait must be a number of seconds from 0 to 25",
+                )
+            })?,
+    };
+    let Some(cursor) = value("cursor") else {
+        // First poll: where to start from (a node that just started reads the head first).
+        node.durable.wait_started(Duration::from_secs(5)).await;
+        let current = node
+            .durable
+            .head()
+            .and_then(|head| node.durable.cursor(head));
+        return Ok(reply(&[], current.as_deref(), false));
+    };
+    let _guard = node.stats.connection(Transport::Poll);
+    let (outbox, mut inbox) = node.hub.outbox(Some(conn.kill.clone()));
+    let mut session = Session::new(node.hub.clone(), outbox);
+    let resumed = resume::subscribe(&node, &mut session, &channels, Some(&cursor)).await?;
+    let mut position = resumed.head.max(resumed.since);
+    let mut replay = std::pin::pin!(resume::batches(
+        node.durable.clone(),
+        channels.clone(),
+        resumed.replay
+    ));
+    match replay.next().await {
+        Some(Ok(ReplayBatch::Reset)) => {
+            return Ok(reply(
+                &[],
+                position.and_then(|p| node.durable.cursor(p)).as_deref(),
+                true,
+            ));
+        }
+        Some(Ok(ReplayBatch::Messages(mut messages))) => {
+            // A long replay comes in pages: the cursor of the last message sent is where the
+            // next poll continues.
+            messages.truncate(MAX_MESSAGES);
+            position = messages.last().and_then(|m| m.position()).or(position);
+            node.stats.delivered(messages.len());
+            return Ok(reply(
+                &messages,
+                position.and_then(|p| node.durable.cursor(p)).as_deref(),
+                false,
+            ));
+        }
+        Some(Err(error)) => return Err(error),
+        None => {}
+    }
+    // Up to date: hold until something arrives.
+    let mut messages = Vec::new();
+    if !wait.is_zero() {
+        tokio::select! {
+            _ = inbox.recv_many(&mut messages, MAX_MESSAGES) => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = node.shutdown.cancelled() => {}
+            _ = conn.kill.cancelled() => {}
+        }
+    }
+    let room = MAX_MESSAGES.saturating_sub(messages.len());
+    inbox.try_recv_many(&mut messages, room);
+    node.stats.delivered(messages.len());
+    if let Some(last) = messages.iter().rev().find_map(|m| m.position()) {
+        position = Some(last);
+    }
+    Ok(reply(
+        &messages,
+        position.and_then(|p| node.durable.cursor(p)).as_deref(),
+        false,
+    ))
+}
+
+fn reply(messages: &[Arc<Message>], cursor: Option<&str>, reset: bool) -> Response<Body> {
+    json(
+        StatusCode::OK,
+        poll_reply(
+            messages.iter().map(|m| m.websocket_text().as_ref()),
+            cursor,
+            reset,
+        ),
+    )
+}

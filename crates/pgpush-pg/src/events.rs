@@ -1,0 +1,209 @@
+//! The durable events table: publishing, reading in global order, replaying for a client.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use crate::Error;
+
+/// A sequenced event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// Insertion id (what `pgpush.publish` returns).
+    pub id: i64,
+    /// Position in the global order.
+    pub position: i64,
+    /// Channel.
+    pub channel: String,
+    /// Payload text.
+    pub payload: String,
+    /// W3C trace context of the publisher, if any.
+    pub traceparent: Option<String>,
+}
+
+/// This database's identity.
+#[derive(Debug, Clone)]
+pub struct Installation {
+    /// Random id, set when the schema was created.
+    pub id: String,
+    /// The key cursors are signed with.
+    pub cursor_key: Vec<u8>,
+}
+
+/// The global order's high-water mark and retention floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The highest position assigned.
+    pub last_position: i64,
+    /// Every position at or below it may be gone.
+    pub retention_floor: i64,
+}
+
+/// A replay: the events after a cursor, or the news that some of them are gone.
+#[derive(Debug)]
+pub struct Replay {
+    /// The retention floor, read in the same snapshot as the rows.
+    pub retention_floor: i64,
+    /// Events in position order.
+    pub rows: Vec<EventRow>,
+}
+
+/// Reads and writes `pgpush.events` through the pool.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    pool: Pool,
+}
+
+const COLUMNS: &str = "id, position, channel, payload, traceparent";
+
+fn row(row: &tokio_postgres::Row) -> EventRow {
+    EventRow {
+        id: row.get(0),
+        position: row.get(1),
+        channel: row.get(2),
+        payload: row.get(3),
+        traceparent: row.get(4),
+    }
+}
+
+impl EventStore {
+    /// A store over `pool`.
+    pub fn new(pool: Pool) -> EventStore {
+        EventStore { pool }
+    }
+
+    /// The installation id and cursor key; fails with [`Error::is_not_migrated`] before
+    /// `pgpush migrate`.
+    pub async fn installation(&self) -> Result<Installation, Error> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one("SELECT id::text, cursor_key FROM pgpush.installation", &[])
+            .await?;
+        Ok(Installation {
+            id: row.get(0),
+            cursor_key: row.get(1),
+        })
+    }
+
+    /// The global high-water mark and retention floor.
+    pub async fn head(&self) -> Result<Head, Error> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT last_position, retention_floor FROM pgpush.sequencer_state",
+                &[],
+            )
+            .await?;
+        Ok(Head {
+            last_position: row.get(0),
+            retention_floor: row.get(1),
+        })
+    }
+
+    /// Up to `limit` events after `position`, every channel, in order.
+    pub async fn after(&self, position: i64, limit: i64) -> Result<Vec<EventRow>, Error> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM pgpush.events WHERE position > $1 ORDER BY position LIMIT $2"
+            ))
+            .await?;
+        Ok(client
+            .query(&statement, &[&position, &limit])
+            .await?
+            .iter()
+            .map(row)
+            .collect())
+    }
+
+    /// Up to `limit` events of `channels` in (`after`, `upto`], with the retention floor of the
+    /// same snapshot: if `after` is below it, events may be missing.
+    pub async fn replay(
+        &self,
+        channels: &[&str],
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Replay, Error> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT s.retention_floor, e.{} FROM pgpush.sequencer_state s
+                 LEFT JOIN LATERAL (
+                     SELECT {COLUMNS} FROM pgpush.events
+                     WHERE channel = ANY($1) AND position > $2 AND position <= $3
+                     ORDER BY position LIMIT $4
+                 ) e ON true",
+                COLUMNS.replace(", ", ", e.")
+            ))
+            .await?;
+        let rows = client
+            .query(&statement, &[&channels, &after, &upto, &limit])
+            .await?;
+        let retention_floor = rows.first().map(|r| r.get(0)).unwrap_or(0);
+        let events = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+            .map(|r| EventRow {
+                id: r.get(1),
+                position: r.get(2),
+                channel: r.get(3),
+                payload: r.get(4),
+                traceparent: r.get(5),
+            })
+            .collect();
+        Ok(Replay {
+            retention_floor,
+            rows: events,
+        })
+    }
+
+    /// Publishes a durable event (`pgpush.publish`, or `pgpush.publish_once` with an idempotency
+    /// key valid for `key_valid_for`). Returns the event id.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        payload: &str,
+        traceparent: Option<&str>,
+        idempotency_key: Option<(&str, Duration)>,
+    ) -> Result<i64, Error> {
+        let client = self.pool.get().await?;
+        let row = match idempotency_key {
+            None => {
+                let statement = client
+                    .prepare_cached("SELECT pgpush.publish($1::text, $2::text, $3::text)")
+                    .await?;
+                client
+                    .query_one(&statement, &[&channel, &payload, &traceparent])
+                    .await?
+            }
+            Some((key, valid_for)) => {
+                let statement = client
+                    .prepare_cached(
+                        "SELECT pgpush.publish_once($1, make_interval(secs => $2), $3, $4::text, $5::text)",
+                    )
+                    .await?;
+                let seconds = valid_for.as_secs_f64();
+                client
+                    .query_one(
+                        &statement,
+                        &[&key, &seconds, &channel, &payload, &traceparent],
+                    )
+                    .await?
+            }
+        };
+        Ok(row.get(0))
+    }
+
+    /// The position of event `id`, once the sequencer assigned one.
+    pub async fn position_of(&self, id: i64) -> Result<Option<i64>, Error> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached("SELECT position FROM pgpush.events WHERE id = $1")
+            .await?;
+        Ok(client
+            .query_opt(&statement, &[&id])
+            .await?
+            .and_then(|row| row.get(0)))
+    }
+}

@@ -1,0 +1,90 @@
+//! Versioned, idempotent schema migrations for the `pgpush` schema (`pgpush migrate`).
+
+use tokio_postgres::Client;
+use tracing::info;
+
+use crate::Error;
+
+/// Every migration, in order: (version, what it does, SQL).
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "durable events, sequencer, retention, idempotency keys",
+    include_str!("../migrations/0001_durable_events.sql"),
+)];
+
+/// Advisory lock that serialises concurrent `migrate` runs (several nodes starting at once).
+const MIGRATE_LOCK: i64 = 0x7067_7075_7368_0002;
+
+/// The schema version this build expects.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Applies every migration not applied yet, each recorded in `pgpush.schema_migrations`, all in
+/// one transaction. Safe to run any number of times, from several processes at once. Returns the
+/// versions it applied.
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, Error> {
+    let transaction = client.transaction().await?;
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+        .await?;
+    transaction
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS pgpush;
+             CREATE TABLE IF NOT EXISTS pgpush.schema_migrations (
+                 version integer PRIMARY KEY,
+                 description text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );",
+        )
+        .await?;
+    let applied: Vec<i32> = transaction
+        .query("SELECT version FROM pgpush.schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut done = Vec::new();
+    for (version, description, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        transaction.batch_execute(sql).await?;
+        transaction
+            .execute(
+                "INSERT INTO pgpush.schema_migrations (version, description) VALUES ($1, $2)",
+                &[version, description],
+            )
+            .await?;
+        info!(version, description, "migration applied");
+        done.push(*version);
+    }
+    transaction.commit().await?;
+    Ok(done)
+}
+
+/// Connects (as the pool would) and runs [`migrate`].
+pub async fn migrate_database(options: &crate::ConnectOptions) -> Result<Vec<i32>, Error> {
+    let (mut client, connection) = options.pool().connect(tokio_postgres::NoTls).await?;
+    let connection = tokio::spawn(connection);
+    let applied = migrate(&mut client).await;
+    drop(client);
+    let _ = connection.await;
+    applied
+}
+
+/// The highest migration applied, or `None` when the schema is not there.
+pub async fn schema_version(client: &Client) -> Result<Option<i32>, Error> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('pgpush.schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(client
+        .query_one("SELECT max(version) FROM pgpush.schema_migrations", &[])
+        .await?
+        .get(0))
+}

@@ -1,0 +1,162 @@
+//! The sequencer: on at most one node at a time (a PostgreSQL advisory lock elects it), it gives
+//! committed events their global positions in batches, NOTIFYs once per batch, applies retention.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The advisory lock whose holder is the sequencer.
+const SEQUENCER_LOCK: i64 = 0x7067_7075_7368_0001;
+
+/// How a sequencer works.
+#[derive(Debug, Clone)]
+pub struct SequencerConfig {
+    /// Pause between batches when the last one found nothing (bounds added latency).
+    pub idle_interval: Duration,
+    /// How often a node that is not the sequencer tries to become it.
+    pub takeover_interval: Duration,
+    /// Most events positioned per batch.
+    pub batch_size: i32,
+    /// Delete events older than this.
+    pub retention_age: Option<Duration>,
+    /// Keep at most this many events.
+    pub retention_count: Option<i64>,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+    /// How often retention runs.
+    pub retention_interval: Duration,
+}
+
+/// Whether this node is the sequencer, for readiness and metrics.
+#[derive(Debug, Clone)]
+pub struct SequencerHandle {
+    leading: watch::Receiver<bool>,
+}
+
+impl SequencerHandle {
+    /// True while this node holds the sequencer lock.
+    pub fn is_leader(&self) -> bool {
+        *self.leading.borrow()
+    }
+}
+
+/// Runs a sequencer candidate until `shutdown`: it connects (`config` as for the LISTEN
+/// connection: keepalives, primary only), tries the lock every `takeover_interval`, and
+/// sequences while it holds it. Releasing the lock on shutdown hands over at once; a crashed
+/// node's session ends with its socket, which releases the lock too.
+pub fn spawn_sequencer(
+    config: tokio_postgres::Config,
+    settings: SequencerConfig,
+    shutdown: CancellationToken,
+) -> (SequencerHandle, tokio::task::JoinHandle<()>) {
+    let (leading_tx, leading) = watch::channel(false);
+    let leading_tx = Arc::new(leading_tx);
+    let task = tokio::spawn(async move {
+        loop {
+            let result = candidate(&config, &settings, &leading_tx, &shutdown).await;
+            leading_tx.send_replace(false);
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if let Err(error) = result {
+                warn!(%error, "sequencer connection lost");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(settings.takeover_interval) => {}
+            }
+        }
+    });
+    (SequencerHandle { leading }, task)
+}
+
+async fn candidate(
+    config: &tokio_postgres::Config,
+    settings: &SequencerConfig,
+    leading: &watch::Sender<bool>,
+    shutdown: &CancellationToken,
+) -> Result<(), crate::Error> {
+    let mut config = config.clone();
+    config.application_name("pgpush-sequencer");
+    let (client, connection) = config.connect(NoTls).await?;
+    let connection = tokio::spawn(connection);
+    let _abort = AbortOnDrop(connection);
+    // The server notices a vanished sequencer within seconds (and frees the lock), not after
+    // the 2-hour TCP default.
+    client
+        .batch_execute("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3;")
+        .await?;
+    loop {
+        let acquired: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&SEQUENCER_LOCK])
+            .await?
+            .get(0);
+        if acquired {
+            info!("this node is now the sequencer");
+            leading.send_replace(true);
+            let result = lead(&client, settings, shutdown).await;
+            leading.send_replace(false);
+            if shutdown.is_cancelled() {
+                let _ = client
+                    .execute("SELECT pg_advisory_unlock($1)", &[&SEQUENCER_LOCK])
+                    .await;
+                info!("sequencer lock released");
+            }
+            return result;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(settings.takeover_interval) => {}
+        }
+    }
+}
+
+async fn lead(
+    client: &Client,
+    settings: &SequencerConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), crate::Error> {
+    let batch = client.prepare("SELECT pgpush.sequence_batch($1)").await?;
+    let retention = client
+        .prepare("SELECT pgpush.apply_retention(make_interval(secs => $1), $2, make_interval(secs => $3))")
+        .await?;
+    let mut retention_due = tokio::time::Instant::now();
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let assigned: Option<i64> = client
+            .query_one(&batch, &[&settings.batch_size])
+            .await?
+            .get(0);
+        if tokio::time::Instant::now() >= retention_due {
+            retention_due = tokio::time::Instant::now() + settings.retention_interval;
+            let age = settings.retention_age.map(|d| d.as_secs_f64());
+            let window = settings.idempotency_window.as_secs_f64();
+            let deleted: i64 = client
+                .query_one(&retention, &[&age, &settings.retention_count, &window])
+                .await?
+                .get(0);
+            if deleted > 0 {
+                info!(deleted, "retention removed old events");
+            }
+        }
+        if assigned.is_none() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(settings.idle_interval) => {}
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
