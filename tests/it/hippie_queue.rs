@@ -181,11 +181,12 @@ async fn ten_thousand_made_up_client_ids_get_bounded_queues_and_leave_nothing_be
     options.env.push(("MALLOC_ARENA_MAX".into(), "1".into()));
     let edge = Edge::start_with(&pg.url(), options).await;
     let baseline_rss = edge.rss_bytes();
-    let mut connection = http::HttpConnection::open(edge.address()).await;
     // Three rounds: the allocator keeps freed pages (RSS plateaus after a round or two), so
     // "back to baseline" means later rounds reuse that memory instead of growing it.
     let mut after_rounds = Vec::new();
     for round in 0..3 {
+        // A fresh keep-alive connection per round: an idle one is closed after 10 s.
+        let mut connection = http::HttpConnection::open(edge.address()).await;
         for i in 0..10_000 {
             let id = format!("made-up-{round}-{i}");
             let response = connection
