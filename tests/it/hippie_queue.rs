@@ -229,3 +229,62 @@ async fn ten_thousand_made_up_client_ids_get_bounded_queues_and_leave_nothing_be
         "memory grew between identical rounds: {after_rounds:?} (baseline {baseline_rss})"
     );
 }
+
+async fn publish_durable(pg: &TestPostgres, channel: &str, range: std::ops::RangeInclusive<i32>) {
+    let client = pg.client().await;
+    for n in range {
+        client
+            .execute("SELECT pgpush.publish($1, $2::text)", &[&channel, &n.to_string()])
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hippie_clients_resume_durable_messages_on_another_node() {
+    let pg = TestPostgres::start();
+    let options = EdgeOptions::args(&["--hippie-keepalive", "0", "--hippie-poll-hold", "2s"]);
+    let mut first = Edge::start_with(&pg.url(), options.clone()).await;
+    let second = Edge::start_with(&pg.url(), options).await;
+
+    // A long-poll client and an MXHR client on the first node.
+    let poll = "/_hippie/poll/h?client_id=poller";
+    assert_eq!(http::get(first.address(), poll).await.json(), json!([set_client_id("poller")]));
+    let mut stream = MxhrClient::open(first.address(), "/_hippie/mxhr/h?client_id=streamer").await;
+    assert_eq!(stream.next_json(SOON).await.unwrap(), set_client_id("streamer"));
+    publish_durable(&pg, "h", 1..=5).await;
+    let got = http::get(first.address(), poll).await.json();
+    assert_eq!(got, json!([1, 2, 3, 4, 5]));
+    for n in 1..=5 {
+        assert_eq!(stream.next_json(SOON).await.unwrap(), json!(n));
+    }
+    // Polling again acknowledges the previous answer; the stream acknowledges after a while.
+    assert_eq!(http::get(first.address(), poll).await.json(), json!([]));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    publish_durable(&pg, "h", 6..=8).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.kill().await;
+    publish_durable(&pg, "h", 9..=10).await;
+
+    // Both come back on the other node with their ids and lose nothing.
+    let resumed = http::get(second.address(), poll).await.json();
+    let mut resumed = resumed.as_array().unwrap().clone();
+    assert_eq!(resumed.remove(0), set_client_id("poller"));
+    while resumed.last() != Some(&json!(10)) {
+        let more = http::get(second.address(), poll).await.json();
+        assert!(!more.as_array().unwrap().is_empty(), "events stopped at {resumed:?}");
+        resumed.extend(more.as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(resumed, [json!(6), json!(7), json!(8), json!(9), json!(10)], "exactly what the client had not acknowledged");
+    let mut stream = MxhrClient::open(second.address(), "/_hippie/mxhr/h?client_id=streamer").await;
+    assert_eq!(stream.next_json(SOON).await.unwrap(), set_client_id("streamer"));
+    let mut seen = Vec::new();
+    while seen.last() != Some(&json!(10)) {
+        seen.push(stream.next_json(SOON).await.expect("durable messages after the resume"));
+    }
+    // The stream may repeat what it was sent in its last second on the dead node (Hippie has no
+    // cursor), but it never loses anything.
+    let tail: Vec<Value> = (6..=10).map(|n| json!(n)).collect();
+    assert!(seen.ends_with(&tail), "{seen:?}");
+    assert!(seen.iter().all(|v| v.as_i64().is_some_and(|n| n >= 6)), "{seen:?}");
+}

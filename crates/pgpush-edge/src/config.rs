@@ -106,8 +106,8 @@ pub struct DurableArgs {
     #[arg(long, env = "PGPUSH_MIGRATE")]
     pub migrate: bool,
 
-    /// Largest durable payload accepted from clients, in bytes (the SQL function's own limit is
-    /// the `max_payload_bytes` row of `pgpush.settings`).
+    /// Largest durable payload accepted from clients, in bytes (SQL publishers are held to the
+    /// `events_payload_size` constraint of `pgpush.events`, 1 MiB unless changed).
     #[arg(long, env = "PGPUSH_MAX_DURABLE_PAYLOAD_BYTES", default_value_t = 1 << 20)]
     pub max_payload_bytes: usize,
 

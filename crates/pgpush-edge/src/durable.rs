@@ -3,7 +3,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::Ordering,
+    },
     time::Duration,
 };
 
@@ -13,7 +16,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{http::ApiError, hub::Hub, publish::database_error};
+use crate::{http::ApiError, hub::Hub, publish::database_error, stats::Stats};
 
 /// Events read per catch-up query.
 const CATCH_UP_BATCH: i64 = 1000;
@@ -46,6 +49,7 @@ pub(crate) struct Durable {
     /// The head after each fan-out (`None` until started).
     head: watch::Sender<Option<i64>>,
     wake: Arc<Notify>,
+    stats: Arc<Stats>,
     /// Publishes waiting for their event's position, by event id (several when idempotent
     /// retries of one key wait for the same event).
     waiters: Mutex<HashMap<i64, Vec<oneshot::Sender<i64>>>>,
@@ -66,9 +70,10 @@ pub(crate) enum Replayed {
 }
 
 impl Durable {
-    pub(crate) fn new(store: EventStore, hub: Arc<Hub>, config: DurableConfig) -> Durable {
+    pub(crate) fn new(store: EventStore, hub: Arc<Hub>, stats: Arc<Stats>, config: DurableConfig) -> Durable {
         let wake = hub.durable_wake();
         Durable {
+            stats,
             store,
             hub,
             config,
@@ -126,6 +131,7 @@ impl Durable {
     /// Reads every event after `head` and fans it out, in batches. Returns the new head.
     async fn catch_up(&self, mut head: i64) -> Result<i64, pgpush_pg::Error> {
         loop {
+            self.stats.durable_queries.fetch_add(1, Ordering::Relaxed);
             let rows = self.store.after(head, CATCH_UP_BATCH).await?;
             let full = rows.len() as i64 == CATCH_UP_BATCH;
             if rows.is_empty() {
@@ -197,6 +203,21 @@ impl Durable {
         }
     }
 
+    /// The events table.
+    pub(crate) fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// Waits (bounded) until this node delivered everything up to `position`; false if not.
+    pub(crate) async fn wait_for(&self, position: i64) -> bool {
+        let mut head = self.head.subscribe();
+        let caught_up = tokio::time::timeout(CATCH_UP_WAIT, head.wait_for(|h| h.is_some_and(|h| h >= position))).await;
+        if caught_up.is_err() {
+            self.wake.notify_one();
+        }
+        caught_up.is_ok()
+    }
+
     /// Parses a client's cursor and waits until this node has caught up to it, so the
     /// subscription's replay covers everything after it. A cursor from another node that is a
     /// few milliseconds ahead is fine; a forged one is `bad_cursor`.
@@ -210,14 +231,7 @@ impl Durable {
         self.wait_started(CATCH_UP_WAIT).await;
         let key = self.key.get().ok_or_else(unavailable)?;
         let position = key.decode(cursor).map_err(bad_cursor)?;
-        let mut head = self.head.subscribe();
-        let caught_up = tokio::time::timeout(
-            CATCH_UP_WAIT,
-            head.wait_for(|h| h.is_some_and(|h| h >= position)),
-        )
-        .await;
-        if caught_up.is_err() {
-            self.wake.notify_one();
+        if !self.wait_for(position).await {
             return Err(unavailable());
         }
         Ok(position)
@@ -233,6 +247,7 @@ impl Durable {
         upto: i64,
     ) -> Result<Replayed, ApiError> {
         let names: Vec<&str> = channels.iter().map(Channel::as_str).collect();
+        self.stats.durable_queries.fetch_add(1, Ordering::Relaxed);
         let replay = self
             .store
             .replay(&names, after, upto, REPLAY_BATCH)

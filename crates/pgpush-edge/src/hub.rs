@@ -4,7 +4,7 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -241,6 +241,7 @@ impl Hub {
             max_bytes: limits.bytes,
             overflowed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            taken: AtomicI64::new(0),
             kill: Mutex::new(kill),
         });
         let inbox = Inbox {
@@ -448,6 +449,8 @@ pub struct Outbox {
     overflowed: AtomicBool,
     /// Messages not queued since the overflow.
     dropped: AtomicU64,
+    /// The highest durable position a reader took from the queue.
+    taken: AtomicI64,
     /// The connection to cut when the queue overflows, if one is reading it.
     kill: Mutex<Option<CancellationToken>>,
 }
@@ -462,6 +465,16 @@ impl Outbox {
     /// its connections (Hippie) changes it as connections come and go.
     pub fn set_kill(&self, kill: Option<CancellationToken>) {
         *self.kill.lock().unwrap_or_else(|e| e.into_inner()) = kill;
+    }
+
+    /// Records that a reader took the durable message at `position`.
+    pub fn note_taken(&self, position: i64) {
+        self.taken.fetch_max(position, Ordering::AcqRel);
+    }
+
+    /// The highest durable position a reader took (0 if none).
+    pub fn taken(&self) -> i64 {
+        self.taken.load(Ordering::Acquire)
     }
 
     /// If the queue overflowed, re-opens it and returns how many messages were dropped.
@@ -557,6 +570,9 @@ impl Inbox {
     fn account(&self, batch: &[Arc<Message>]) {
         let cost: usize = batch.iter().map(|m| m.queue_cost()).sum();
         self.outbox.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+        if let Some(position) = batch.iter().rev().find_map(|m| m.position()) {
+            self.outbox.note_taken(position);
+        }
     }
 }
 

@@ -150,6 +150,7 @@ pub async fn run(
     let durable = Arc::new(Durable::new(
         publisher.events(),
         hub.clone(),
+        stats.clone(),
         DurableConfig {
             catch_up_interval: config.durable.catch_up_interval,
             max_payload_bytes: config.durable.max_payload_bytes,
@@ -178,8 +179,8 @@ pub async fn run(
             messages: config.hippie.queue_messages,
             bytes: config.max_queue_bytes,
         };
-        let registry = Arc::new(Registry::new(hub.clone(), limits, config.hippie.max_queues));
-        tokio::spawn(registry.clone().reap_until(listener_shutdown.clone()));
+        let registry = Arc::new(Registry::new(hub.clone(), durable.clone(), limits, config.hippie.max_queues));
+        tokio::spawn(registry.clone().maintain_until(listener_shutdown.clone()));
         Hippie::new(config.hippie.clone(), registry)
     });
     let node = Arc::new(Node {

@@ -44,6 +44,8 @@ pub struct Stats {
     pub publishes: AtomicU64,
     /// Connections the listener has made (1 = never reconnected).
     pub listener_generation: AtomicU64,
+    /// Queries the durable reader and replays sent to PostgreSQL.
+    pub durable_queries: AtomicU64,
 }
 
 impl Stats {
@@ -102,6 +104,7 @@ impl Stats {
             hippie_queues: hippie_queues as u64,
             durable_head: None,
             sequencer: false,
+            durable_queries: self.durable_queries.load(Ordering::Relaxed),
         }
     }
 }

@@ -79,6 +79,8 @@ pub(crate) struct Args {
 pub(crate) enum PublishVia {
     /// `SELECT pg_notify(...)` over a few direct connections.
     SqlNotify,
+    /// `SELECT pgpush.publish(...)` (durable) over a few direct connections.
+    SqlDurable,
     /// `POST /v1/publish/<channel>?mode=ephemeral`.
     HttpEphemeral,
 }

@@ -17,7 +17,7 @@ pub(crate) struct Publisher {
 }
 
 enum Via {
-    Sql(Vec<tokio_postgres::Client>),
+    Sql(Vec<tokio_postgres::Client>, &'static str),
     Http(SocketAddr),
 }
 
@@ -28,7 +28,7 @@ impl Publisher {
         channels: Vec<String>,
     ) -> anyhow::Result<Publisher> {
         let via = match args.publish_via {
-            PublishVia::SqlNotify => {
+            PublishVia::SqlNotify | PublishVia::SqlDurable => {
                 let url = args
                     .database_url
                     .as_deref()
@@ -40,7 +40,12 @@ impl Publisher {
                     tokio::spawn(connection);
                     clients.push(client);
                 }
-                Via::Sql(clients)
+                let statement = if args.publish_via == PublishVia::SqlNotify {
+                    "SELECT pg_notify($1, $2)"
+                } else {
+                    "SELECT pgpush.publish($1::text, $2::text)"
+                };
+                Via::Sql(clients, statement)
             }
             PublishVia::HttpEphemeral => Via::Http(target),
         };
@@ -64,11 +69,9 @@ impl Publisher {
             let seq = sent.get(channel).copied().unwrap_or(0) + 1;
             let payload = format!(r#"{{"seq":{seq},"t":{}}}"#, now_nanos());
             match &self.via {
-                Via::Sql(clients) => {
+                Via::Sql(clients, statement) => {
                     let client = &clients[(n as usize) % clients.len()];
-                    client
-                        .execute("SELECT pg_notify($1, $2)", &[channel, &payload])
-                        .await?;
+                    client.execute(*statement, &[channel, &payload]).await?;
                 }
                 Via::Http(target) => http_publish(*target, channel, &payload).await?,
             }

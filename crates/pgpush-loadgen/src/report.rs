@@ -115,10 +115,9 @@ impl Summary {
     ) {
         let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 2).expect("bounds");
         self.published = published.values().sum();
-        for (index, result) in results.iter().enumerate() {
-            let channel = format!("lg-{}", index % self.channels.max(1));
-            let expected = published.get(&channel).copied().unwrap_or(0);
-            let got = result.received.get(&channel).copied().unwrap_or(0);
+        for result in results {
+            let expected = published.get(&result.channel).copied().unwrap_or(0);
+            let got = result.received.get(&result.channel).copied().unwrap_or(0);
             self.expected_deliveries += expected;
             self.delivered += got;
             self.lost += expected.saturating_sub(got);

@@ -25,6 +25,7 @@ type Stream = WebSocketStream<tokio::net::TcpStream>;
 /// A connected subscriber, not yet reading.
 pub(crate) struct Subscriber {
     stream: Stream,
+    channel: String,
     connect_time: Duration,
     delivered: Arc<AtomicU64>,
 }
@@ -38,6 +39,8 @@ pub(crate) struct Running {
 /// What one subscriber saw.
 #[derive(Debug)]
 pub(crate) struct SubscriberResult {
+    /// The channel it subscribed.
+    pub(crate) channel: String,
     /// Distinct (channel, seq) received, per channel.
     pub(crate) received: HashMap<String, u64>,
     /// Deliveries of a (channel, seq) already received.
@@ -98,6 +101,7 @@ impl Subscriber {
             .with_context(|| format!("connect {target}"))?;
         tcp.set_nodelay(true)?;
         let url = format!("ws://{target}/v1/ws?channel={channel}");
+        let subscribed_channel = channel.clone();
         let config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
             .max_message_size(Some(16 << 20));
@@ -109,6 +113,7 @@ impl Subscriber {
         }
         Ok(Subscriber {
             stream,
+            channel: subscribed_channel,
             connect_time: started.elapsed(),
             delivered,
         })
@@ -132,6 +137,7 @@ impl Subscriber {
 
     async fn read(mut self, mut stopped: oneshot::Receiver<()>) -> SubscriberResult {
         let mut result = SubscriberResult {
+            channel: self.channel.clone(),
             received: HashMap::new(),
             duplicates: 0,
             reordered: 0,

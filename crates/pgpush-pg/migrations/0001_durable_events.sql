@@ -16,26 +16,25 @@ CREATE TABLE pgpush.installation (
 );
 INSERT INTO pgpush.installation DEFAULT VALUES;
 
--- Settings read by the SQL functions.
-CREATE TABLE pgpush.settings (
-    name text PRIMARY KEY,
-    value text NOT NULL
-);
-INSERT INTO pgpush.settings (name, value) VALUES ('max_payload_bytes', '1048576');
-
 CREATE TABLE pgpush.events (
+    -- Insertion order (what pgpush.publish returns).
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    channel text NOT NULL CHECK (octet_length(channel) BETWEEN 1 AND 63),
-    payload text NOT NULL,
+    channel text NOT NULL CONSTRAINT events_channel_name CHECK (octet_length(channel) BETWEEN 1 AND 63),
+    -- The payload cap (1 MiB). To change it:
+    --   ALTER TABLE pgpush.events DROP CONSTRAINT events_payload_size,
+    --     ADD CONSTRAINT events_payload_size CHECK (octet_length(payload) <= <bytes>) NOT VALID;
+    payload text NOT NULL CONSTRAINT events_payload_size CHECK (octet_length(payload) <= 1048576),
     traceparent text,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     -- Position in the one global order; NULL until the sequencer assigns it.
-    position bigint UNIQUE
+    position bigint
 );
+-- The position indexes are partial: a publishing INSERT (position NULL) touches only the primary
+-- key and the queue of rows waiting for a position.
 -- Rows waiting for a position, oldest first.
 CREATE INDEX events_unsequenced ON pgpush.events (id) WHERE position IS NULL;
--- Replay of some channels from a position.
-CREATE INDEX events_channel_position ON pgpush.events (channel, position);
+-- The global order; replays of some channels scan it from the cursor and filter.
+CREATE UNIQUE INDEX events_position ON pgpush.events (position) WHERE position IS NOT NULL;
 -- Every event is updated once (its position): vacuum often so the partial index stays small.
 ALTER TABLE pgpush.events SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000);
 
@@ -55,29 +54,13 @@ CREATE TABLE pgpush.idempotency_keys (
 );
 
 -- Publishes a durable event; it exists iff the calling transaction commits. Returns the event's
--- id; its position (the cursor) is assigned by the sequencer after commit.
+-- id; its position (the cursor) is assigned by the sequencer after commit. One INSERT: the
+-- table's constraints check the channel name and the payload size.
 CREATE FUNCTION pgpush.publish(channel text, payload text, traceparent text DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    new_id bigint;
-    cap bigint;
-BEGIN
-    IF publish.channel IS NULL OR octet_length(publish.channel) NOT BETWEEN 1 AND 63 THEN
-        RAISE EXCEPTION 'pgpush.publish: a channel is 1 to 63 bytes' USING ERRCODE = 'PP400';
-    END IF;
-    IF publish.payload IS NULL THEN
-        RAISE EXCEPTION 'pgpush.publish: payload is NULL' USING ERRCODE = 'PP400';
-    END IF;
-    SELECT value::bigint INTO cap FROM pgpush.settings WHERE name = 'max_payload_bytes';
-    IF octet_length(publish.payload) > cap THEN
-        RAISE EXCEPTION 'pgpush.publish: payload is % bytes, the limit is %', octet_length(publish.payload), cap
-            USING ERRCODE = 'PP413';
-    END IF;
+RETURNS bigint LANGUAGE sql AS $$
     INSERT INTO pgpush.events (channel, payload, traceparent)
     VALUES (publish.channel, publish.payload, publish.traceparent)
-    RETURNING id INTO new_id;
-    RETURN new_id;
-END
+    RETURNING id
 $$;
 
 -- The same for json and jsonb values (stored as their text). An untyped literal resolves to the

@@ -74,9 +74,12 @@ impl From<tokio_postgres::Error> for Error {
         use tokio_postgres::error::SqlState;
         let kind = match error.code() {
             Some(code) if *code == SqlState::INVALID_PARAMETER_VALUE => Kind::PayloadTooLarge,
-            // Raised by pgpush.publish (see migrations/0001).
-            Some(code) if code.code() == "PP413" => Kind::PayloadTooLarge,
-            Some(code) if code.code() == "PP400" => Kind::Invalid,
+            // The constraints of pgpush.events (see migrations/0001).
+            Some(code) if *code == SqlState::CHECK_VIOLATION => match error.as_db_error().and_then(|e| e.constraint()) {
+                Some("events_payload_size") => Kind::PayloadTooLarge,
+                _ => Kind::Invalid,
+            },
+            Some(code) if *code == SqlState::NOT_NULL_VIOLATION => Kind::Invalid,
             Some(code)
                 if *code == SqlState::UNDEFINED_TABLE
                     || *code == SqlState::INVALID_SCHEMA_NAME

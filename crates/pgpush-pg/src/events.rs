@@ -195,6 +195,40 @@ impl EventStore {
         Ok(row.get(0))
     }
 
+    /// The stored position of a Hippie client, if it has one.
+    pub async fn hippie_position(&self, channel: &str, client_id: &str) -> Result<Option<i64>, Error> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached("SELECT position FROM pgpush.hippie_clients WHERE channel = $1 AND client_id = $2")
+            .await?;
+        Ok(client
+            .query_opt(&statement, &[&channel, &client_id])
+            .await?
+            .map(|row| row.get(0)))
+    }
+
+    /// Stores Hippie clients' positions (channel, client id, position) in one statement; a
+    /// stored position never moves back.
+    pub async fn save_hippie_positions(&self, positions: &[(String, String, i64)]) -> Result<(), Error> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let channels: Vec<&str> = positions.iter().map(|(c, _, _)| c.as_str()).collect();
+        let ids: Vec<&str> = positions.iter().map(|(_, i, _)| i.as_str()).collect();
+        let values: Vec<i64> = positions.iter().map(|(_, _, p)| *p).collect();
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO pgpush.hippie_clients (channel, client_id, position)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                 ON CONFLICT (channel, client_id) DO UPDATE
+                 SET position = greatest(pgpush.hippie_clients.position, excluded.position), updated_at = now()",
+            )
+            .await?;
+        client.execute(&statement, &[&channels, &ids, &values]).await?;
+        Ok(())
+    }
+
     /// The position of event `id`, once the sequencer assigned one.
     pub async fn position_of(&self, id: i64) -> Result<Option<i64>, Error> {
         let client = self.pool.get().await?;

@@ -6,11 +6,18 @@ use tracing::info;
 use crate::Error;
 
 /// Every migration, in order: (version, what it does, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "durable events, sequencer, retention, idempotency keys",
-    include_str!("../migrations/0001_durable_events.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "durable events, sequencer, retention, idempotency keys",
+        include_str!("../migrations/0001_durable_events.sql"),
+    ),
+    (
+        2,
+        "positions of Hippie clients",
+        include_str!("../migrations/0002_hippie_positions.sql"),
+    ),
+];
 
 /// Advisory lock that serialises concurrent `migrate` runs (several nodes starting at once).
 const MIGRATE_LOCK: i64 = 0x7067_7075_7368_0002;

@@ -123,6 +123,10 @@ async fn lead(
     let retention = client
         .prepare("SELECT pgpush.apply_retention(make_interval(secs => $1), $2, make_interval(secs => $3))")
         .await?;
+    // A Hippie client's position is useful while its client may still come back.
+    let forget_clients = client
+        .prepare("DELETE FROM pgpush.hippie_clients WHERE updated_at < now() - interval '1 hour'")
+        .await?;
     let mut retention_due = tokio::time::Instant::now();
     loop {
         if shutdown.is_cancelled() {
@@ -143,6 +147,7 @@ async fn lead(
             if deleted > 0 {
                 info!(deleted, "retention removed old events");
             }
+            client.execute(&forget_clients, &[]).await?;
         }
         if assigned.is_none() {
             tokio::select! {

@@ -32,6 +32,8 @@ pub struct StatsSnapshot {
     pub durable_head: Option<i64>,
     /// True while this node runs the sequencer.
     pub sequencer: bool,
+    /// Queries this node's durable reader and replays sent to PostgreSQL since start.
+    pub durable_queries: u64,
 }
 
 /// Open connections by transport.

@@ -14,7 +14,7 @@ use crate::{
     Node,
     hippie::{
         CreatedOver, HippieResult, RequestInfo, checked_client_id, epoch_seconds, new_client_id,
-        no_cache, refuse, ws::overflow_message,
+        no_cache, refuse,
     },
     http::ConnInfo,
     stats::Transport,
@@ -46,7 +46,7 @@ pub(crate) async fn open(
         Ok(attachment) => attachment,
         Err(error) => return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, error.to_string())),
     };
-    let mut reader = attachment.read(conn.kill.clone()).await;
+    let mut reader = attachment.read(conn.kill.clone(), true).await;
     attachment.take_fresh();
     let boundary = hippie.boundary.clone();
     // The preamble, set_client_id (on every resume), what was queued, any overflow missed.
@@ -57,9 +57,7 @@ pub(crate) async fn open(
     let queued = reader.drain();
     node.stats.delivered(queued.len());
     first.extend(queued.iter().map(|m| m.mxhr_part(&boundary).clone()));
-    if let Some(dropped) = reader.take_overflow() {
-        first.push(mxhr_part(&overflow_message(dropped), &boundary));
-    }
+    first.extend(reader.notices().iter().map(|notice| mxhr_part(notice, &boundary)));
     let superseded = attachment.superseded().clone();
     let guard = node.stats.connection(Transport::Mxhr);
     let body = StreamBody::new(

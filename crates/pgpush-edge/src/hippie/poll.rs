@@ -13,7 +13,7 @@ use crate::{
     Node,
     hippie::{
         CreatedOver, HippieResult, RequestInfo, checked_client_id, new_client_id, no_cache, refuse,
-        ws::overflow_message,
+       
     },
     http::{Body, ConnInfo, full, json},
     stats::Transport,
@@ -46,7 +46,7 @@ pub(crate) async fn handle(
         Err(error) => return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, error.to_string())),
     };
     let _guard = node.stats.connection(Transport::Poll);
-    let mut reader = attachment.read(conn.kill.clone()).await;
+    let mut reader = attachment.read(conn.kill.clone(), false).await;
     let mut messages = Vec::new();
     if attachment.take_fresh() {
         messages.push(set_client_id_message(attachment.client_id()));
@@ -67,9 +67,7 @@ pub(crate) async fn handle(
     }
     node.stats.delivered(queued.len());
     messages.extend(queued.iter().map(|m| m.hippie_json().clone()));
-    if let Some(dropped) = reader.take_overflow() {
-        messages.push(overflow_message(dropped));
-    }
+    messages.extend(reader.notices());
     let mut response = json(
         StatusCode::OK,
         poll_body(messages.iter().map(|m| m.as_ref())),

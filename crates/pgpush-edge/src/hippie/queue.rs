@@ -1,21 +1,26 @@
 //! Hippie client queues: one per (channel, client_id), subscribed before `set_client_id` goes
-//! out, read by one connection at a time, kept for a window after the last one leaves.
+//! out, read by one connection at a time, kept for a window after the last one leaves, and —
+//! for durable messages — resumable on any node from a position stored in PostgreSQL.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use pgpush_protocol::{Channel, Message};
+use bytes::Bytes;
+use pgpush_protocol::{Channel, Message, hippie::error_message};
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::hub::{Hub, Inbox, Outbox, QueueLimits, SubscribeError};
+use crate::{
+    durable::{Durable, Replayed},
+    hub::{Hub, Inbox, Outbox, QueueLimits, Replay, SubscribeError},
+};
 
 /// Why a queue could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +39,7 @@ type Key = (Channel, Arc<str>);
 #[derive(Debug)]
 pub(crate) struct Registry {
     hub: Arc<Hub>,
+    durable: Arc<Durable>,
     queues: Mutex<HashMap<Key, Arc<ClientQueue>>>,
     limits: QueueLimits,
     max_queues: usize,
@@ -49,10 +55,22 @@ pub(crate) struct ClientQueue {
     window: Duration,
     outbox: Arc<Outbox>,
     inbox: Arc<tokio::sync::Mutex<Inbox>>,
-    /// Completes once PostgreSQL LISTENs for the queue.
+    /// Completes once PostgreSQL LISTENs for the queue and the durable replay is in `backlog`.
     subscribed: tokio::sync::OnceCell<()>,
+    /// Durable messages the client missed while it had no queue here, delivered first.
+    backlog: Mutex<VecDeque<Arc<Message>>>,
     /// True until a poll has delivered `set_client_id` for this queue.
     fresh: AtomicBool,
+    /// Set when the stored position was older than retention (the client must reload).
+    expired: AtomicBool,
+    /// The durable position the client is known to have received.
+    acknowledged: AtomicI64,
+    /// What a reader had taken at the previous flush (streams acknowledge one flush late).
+    taken_at_last_flush: AtomicI64,
+    /// The position last written to PostgreSQL.
+    stored: AtomicI64,
+    /// True while a WebSocket or MXHR stream reads the queue.
+    streaming: AtomicBool,
     state: Mutex<Attachments>,
 }
 
@@ -70,9 +88,10 @@ struct Attachments {
 }
 
 impl Registry {
-    pub(crate) fn new(hub: Arc<Hub>, limits: QueueLimits, max_queues: usize) -> Registry {
+    pub(crate) fn new(hub: Arc<Hub>, durable: Arc<Durable>, limits: QueueLimits, max_queues: usize) -> Registry {
         Registry {
             hub,
+            durable,
             queues: Mutex::new(HashMap::new()),
             limits,
             max_queues,
@@ -92,8 +111,7 @@ impl Registry {
 
     /// True when (channel, id) has a live queue.
     pub(crate) fn contains(&self, channel: &Channel, client_id: &str) -> bool {
-        self.lock()
-            .contains_key(&(channel.clone(), Arc::from(client_id)))
+        self.lock().contains_key(&(channel.clone(), Arc::from(client_id)))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<ClientQueue>>> {
@@ -129,7 +147,13 @@ impl Registry {
                         outbox,
                         inbox: Arc::new(tokio::sync::Mutex::new(inbox)),
                         subscribed: tokio::sync::OnceCell::new(),
+                        backlog: Mutex::new(VecDeque::new()),
                         fresh: AtomicBool::new(true),
+                        expired: AtomicBool::new(false),
+                        acknowledged: AtomicI64::new(0),
+                        taken_at_last_flush: AtomicI64::new(0),
+                        stored: AtomicI64::new(-1),
+                        streaming: AtomicBool::new(false),
                         state: Mutex::new(Attachments::default()),
                     });
                     self.created.fetch_add(1, Ordering::Relaxed);
@@ -142,31 +166,73 @@ impl Registry {
         let queue = attachment.queue.clone();
         let subscribed = queue
             .subscribed
-            .get_or_try_init(|| async {
-                queue
-                    .hub
-                    .subscribe(
-                        &queue.outbox,
-                        std::slice::from_ref(&queue.channel),
-                        None,
-                        subscribe_timeout,
-                    )
-                    .await
-                    .map(|_| ())
-            })
+            .get_or_try_init(|| self.subscribe(&queue, subscribe_timeout))
             .await;
         if let Err(error) = subscribed {
             drop(attachment);
             let mut queues = self.lock();
-            if queues
-                .get(&key)
-                .is_some_and(|q| Arc::ptr_eq(q, &queue) && q.subscribed.get().is_none())
-            {
+            if queues.get(&key).is_some_and(|q| Arc::ptr_eq(q, &queue) && q.subscribed.get().is_none()) {
                 queues.remove(&key);
             }
             return Err(error.into());
         }
         Ok(attachment)
+    }
+
+    /// Subscribes a new queue. If the client was somewhere before (its position is stored), the
+    /// durable messages since then are put in the backlog first, so nothing is lost when its
+    /// node died; otherwise it starts at the head.
+    async fn subscribe(&self, queue: &ClientQueue, timeout: Duration) -> Result<(), SubscribeError> {
+        let mut since = None;
+        if self.durable.wait_started(Duration::from_secs(1)).await {
+            match self.durable.store().hippie_position(queue.channel.as_str(), &queue.client_id).await {
+                Ok(position) => since = position,
+                Err(error) => warn!(%error, "could not read a Hippie client's position"),
+            }
+        }
+        if let Some(since) = since {
+            self.durable.wait_for(since).await;
+        }
+        let subscription = self
+            .hub
+            .subscribe(&queue.outbox, std::slice::from_ref(&queue.channel), since, timeout)
+            .await?;
+        let start = since.or(subscription.head).unwrap_or(0);
+        queue.acknowledged.store(start, Ordering::Release);
+        queue.taken_at_last_flush.store(start, Ordering::Release);
+        queue.outbox.note_taken(start);
+        let mut backlog = VecDeque::new();
+        match subscription.replay {
+            Replay::Nothing => {}
+            Replay::Memory(messages) => backlog.extend(messages),
+            Replay::Database { after, upto } => {
+                let channels = std::slice::from_ref(&queue.channel);
+                let mut from = after;
+                while backlog.len() < self.limits.messages {
+                    match self.durable.replay_chunk(channels, from, upto).await {
+                        Ok(Replayed::Messages { messages, more }) => {
+                            from = messages.last().and_then(|m| m.position()).unwrap_or(upto);
+                            backlog.extend(messages);
+                            if !more {
+                                break;
+                            }
+                        }
+                        Ok(Replayed::Expired) => {
+                            queue.expired.store(true, Ordering::Release);
+                            break;
+                        }
+                        Err(error) => {
+                            warn!(reason = %error.reason, "Hippie replay failed; the client resets");
+                            queue.expired.store(true, Ordering::Release);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        backlog.truncate(self.limits.messages);
+        *queue.backlog.lock().unwrap_or_else(|e| e.into_inner()) = backlog;
+        Ok(())
     }
 
     /// Removes queues nobody has read for longer than their window.
@@ -183,14 +249,58 @@ impl Registry {
         });
     }
 
-    /// Runs [`Registry::reap`] every second until `shutdown`.
-    pub(crate) async fn reap_until(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Writes the positions clients acknowledged since the last flush, in one statement. A
+    /// stream acknowledges what it had taken one flush (a second) ago: what a live connection
+    /// was written that long ago has arrived, or the connection is gone.
+    async fn flush_positions(&self) {
+        let queues: Vec<Arc<ClientQueue>> = self.lock().values().cloned().collect();
+        let mut changed = Vec::new();
+        for queue in &queues {
+            let taken = queue.outbox.taken();
+            if queue.streaming.load(Ordering::Acquire) {
+                let earlier = queue.taken_at_last_flush.load(Ordering::Acquire);
+                queue.acknowledged.fetch_max(earlier, Ordering::AcqRel);
+            }
+            queue.taken_at_last_flush.store(taken, Ordering::Release);
+            let acknowledged = queue.acknowledged.load(Ordering::Acquire);
+            if queue.subscribed.get().is_some() && acknowledged > queue.stored.load(Ordering::Acquire) {
+                changed.push((queue.clone(), acknowledged));
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let rows: Vec<(String, String, i64)> = changed
+            .iter()
+            .map(|(q, p)| (q.channel.to_string(), q.client_id.to_string(), *p))
+            .collect();
+        match self.durable.store().save_hippie_positions(&rows).await {
+            Ok(()) => {
+                for (queue, position) in changed {
+                    queue.stored.fetch_max(position, Ordering::AcqRel);
+                }
+            }
+            Err(error) => warn!(%error, "could not store Hippie client positions"),
+        }
+    }
+
+    /// Reaps expired queues and stores positions every second until `shutdown`, then stores
+    /// them once more.
+    pub(crate) async fn maintain_until(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => self.reap(),
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    self.reap();
+                    if self.durable.head().is_some() {
+                        self.flush_positions().await;
+                    }
+                }
             }
+        }
+        if self.durable.head().is_some() {
+            self.flush_positions().await;
         }
     }
 }
@@ -248,13 +358,21 @@ impl Attachment {
     }
 
     /// Waits until older readers let go, then reads the queue exclusively; `kill` is cut if the
-    /// queue overflows while this reader holds it.
-    pub(crate) async fn read(&self, kill: CancellationToken) -> Reader {
+    /// queue overflows while this reader holds it. A stream reader acknowledges what it took a
+    /// flush later; a poll acknowledges everything taken before it, since a client polls again
+    /// only after it received the previous answer.
+    pub(crate) async fn read(&self, kill: CancellationToken, streaming: bool) -> Reader {
         let inbox = self.queue.inbox.clone().lock_owned().await;
         self.queue.outbox.set_kill(Some(kill));
+        if !streaming {
+            self.queue
+                .acknowledged
+                .fetch_max(self.queue.outbox.taken(), Ordering::AcqRel);
+        }
+        self.queue.streaming.store(streaming, Ordering::Release);
         Reader {
             inbox,
-            outbox: self.queue.outbox.clone(),
+            queue: self.queue.clone(),
         }
     }
 }
@@ -263,11 +381,7 @@ impl Drop for Attachment {
     fn drop(&mut self) {
         let mut state = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
         state.count -= 1;
-        if state
-            .newest
-            .as_ref()
-            .is_some_and(|(number, _)| *number == self.number)
-        {
+        if state.newest.as_ref().is_some_and(|(number, _)| *number == self.number) {
             state.newest = None;
         }
         if state.count == 0 {
@@ -279,7 +393,7 @@ impl Drop for Attachment {
 /// Exclusive read access to a queue.
 pub(crate) struct Reader {
     inbox: OwnedMutexGuard<Inbox>,
-    outbox: Arc<Outbox>,
+    queue: Arc<ClientQueue>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -289,17 +403,39 @@ impl std::fmt::Debug for Reader {
 }
 
 impl Reader {
-    /// Everything queued right now.
+    /// Everything queued right now: the replayed backlog first, then the queue.
     pub(crate) fn drain(&mut self) -> Vec<Arc<Message>> {
-        let mut batch = Vec::new();
+        let mut batch: Vec<Arc<Message>> = self
+            .queue
+            .backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        if let Some(position) = batch.iter().rev().find_map(|m| m.position()) {
+            self.queue.outbox.note_taken(position);
+        }
         while self.inbox.try_recv_many(&mut batch, 1024) > 0 {}
         batch
     }
 
-    /// If the queue overflowed since it was last read, re-opens it and returns how many
-    /// messages were lost.
-    pub(crate) fn take_overflow(&self) -> Option<u64> {
-        self.outbox.take_overflow()
+    /// Hippie error messages the client must see after what was queued: its position expired
+    /// (it must reload), or its full queue dropped messages.
+    pub(crate) fn notices(&self) -> Vec<Bytes> {
+        let mut notices = Vec::new();
+        if self.queue.expired.swap(false, Ordering::AcqRel) {
+            notices.push(error_message(
+                "reset",
+                "durable messages expired while this client was away; reload your state",
+            ));
+        }
+        if let Some(dropped) = self.queue.outbox.take_overflow() {
+            notices.push(error_message(
+                "slow_consumer",
+                &format!("{dropped} messages were dropped because this client's queue was full"),
+            ));
+        }
+        notices
     }
 
     /// The queue, for a transport to read from.
@@ -316,6 +452,7 @@ impl crate::transport::stream_body::InboxSource for Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        self.outbox.set_kill(None);
+        self.queue.outbox.set_kill(None);
+        self.queue.streaming.store(false, Ordering::Release);
     }
 }

@@ -85,7 +85,7 @@ async fn run(
             return;
         }
     };
-    let mut reader = attachment.read(conn.kill.clone()).await;
+    let mut reader = attachment.read(conn.kill.clone(), true).await;
     attachment.take_fresh();
     let interrupt = Interrupt {
         shutdown: &node.shutdown,
@@ -96,9 +96,7 @@ async fn run(
     // what was queued while the client was away, then any overflow it missed.
     let mut first = vec![set_client_id_message(attachment.client_id())];
     first.extend(reader.drain().iter().map(|m| HippieWs::frame(m)));
-    if let Some(dropped) = reader.take_overflow() {
-        first.push(overflow_message(dropped));
-    }
+    first.extend(reader.notices());
     let count = first.len();
     let mut end = io.write_texts(first.into_iter(), &interrupt).await;
     if end.is_ok() {
@@ -126,13 +124,6 @@ async fn run(
     }
 }
 
-/// The message telling a client how many messages its full queue dropped.
-pub(crate) fn overflow_message(dropped: u64) -> Bytes {
-    error_message(
-        "slow_consumer",
-        &format!("{dropped} messages were dropped because this client's queue was full"),
-    )
-}
 
 struct HippieWs {
     node: Arc<Node>,
