@@ -362,7 +362,11 @@ async fn the_sql_api_works_in_any_transaction_and_trigger() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, i64::from(pgpush_pg::SCHEMA_VERSION), "each migration applied once");
+    assert_eq!(
+        versions,
+        i64::from(pgpush_pg::SCHEMA_VERSION),
+        "each migration applied once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

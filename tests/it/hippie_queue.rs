@@ -234,7 +234,10 @@ async fn publish_durable(pg: &TestPostgres, channel: &str, range: std::ops::Rang
     let client = pg.client().await;
     for n in range {
         client
-            .execute("SELECT pgpush.publish($1, $2::text)", &[&channel, &n.to_string()])
+            .execute(
+                "SELECT pgpush.publish($1, $2::text)",
+                &[&channel, &n.to_string()],
+            )
             .await
             .unwrap();
     }
@@ -249,9 +252,15 @@ async fn hippie_clients_resume_durable_messages_on_another_node() {
 
     // A long-poll client and an MXHR client on the first node.
     let poll = "/_hippie/poll/h?client_id=poller";
-    assert_eq!(http::get(first.address(), poll).await.json(), json!([set_client_id("poller")]));
+    assert_eq!(
+        http::get(first.address(), poll).await.json(),
+        json!([set_client_id("poller")])
+    );
     let mut stream = MxhrClient::open(first.address(), "/_hippie/mxhr/h?client_id=streamer").await;
-    assert_eq!(stream.next_json(SOON).await.unwrap(), set_client_id("streamer"));
+    assert_eq!(
+        stream.next_json(SOON).await.unwrap(),
+        set_client_id("streamer")
+    );
     publish_durable(&pg, "h", 1..=5).await;
     let got = http::get(first.address(), poll).await.json();
     assert_eq!(got, json!([1, 2, 3, 4, 5]));
@@ -272,19 +281,37 @@ async fn hippie_clients_resume_durable_messages_on_another_node() {
     assert_eq!(resumed.remove(0), set_client_id("poller"));
     while resumed.last() != Some(&json!(10)) {
         let more = http::get(second.address(), poll).await.json();
-        assert!(!more.as_array().unwrap().is_empty(), "events stopped at {resumed:?}");
+        assert!(
+            !more.as_array().unwrap().is_empty(),
+            "events stopped at {resumed:?}"
+        );
         resumed.extend(more.as_array().unwrap().iter().cloned());
     }
-    assert_eq!(resumed, [json!(6), json!(7), json!(8), json!(9), json!(10)], "exactly what the client had not acknowledged");
+    assert_eq!(
+        resumed,
+        [json!(6), json!(7), json!(8), json!(9), json!(10)],
+        "exactly what the client had not acknowledged"
+    );
     let mut stream = MxhrClient::open(second.address(), "/_hippie/mxhr/h?client_id=streamer").await;
-    assert_eq!(stream.next_json(SOON).await.unwrap(), set_client_id("streamer"));
+    assert_eq!(
+        stream.next_json(SOON).await.unwrap(),
+        set_client_id("streamer")
+    );
     let mut seen = Vec::new();
     while seen.last() != Some(&json!(10)) {
-        seen.push(stream.next_json(SOON).await.expect("durable messages after the resume"));
+        seen.push(
+            stream
+                .next_json(SOON)
+                .await
+                .expect("durable messages after the resume"),
+        );
     }
     // The stream may repeat what it was sent in its last second on the dead node (Hippie has no
     // cursor), but it never loses anything.
     let tail: Vec<Value> = (6..=10).map(|n| json!(n)).collect();
     assert!(seen.ends_with(&tail), "{seen:?}");
-    assert!(seen.iter().all(|v| v.as_i64().is_some_and(|n| n >= 6)), "{seen:?}");
+    assert!(
+        seen.iter().all(|v| v.as_i64().is_some_and(|n| n >= 6)),
+        "{seen:?}"
+    );
 }

@@ -3,10 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex, OnceLock,
-        atomic::Ordering,
-    },
+    sync::{Arc, Mutex, OnceLock, atomic::Ordering},
     time::Duration,
 };
 
@@ -70,7 +67,12 @@ pub(crate) enum Replayed {
 }
 
 impl Durable {
-    pub(crate) fn new(store: EventStore, hub: Arc<Hub>, stats: Arc<Stats>, config: DurableConfig) -> Durable {
+    pub(crate) fn new(
+        store: EventStore,
+        hub: Arc<Hub>,
+        stats: Arc<Stats>,
+        config: DurableConfig,
+    ) -> Durable {
         let wake = hub.durable_wake();
         Durable {
             stats,
@@ -211,7 +213,11 @@ impl Durable {
     /// Waits (bounded) until this node delivered everything up to `position`; false if not.
     pub(crate) async fn wait_for(&self, position: i64) -> bool {
         let mut head = self.head.subscribe();
-        let caught_up = tokio::time::timeout(CATCH_UP_WAIT, head.wait_for(|h| h.is_some_and(|h| h >= position))).await;
+        let caught_up = tokio::time::timeout(
+            CATCH_UP_WAIT,
+            head.wait_for(|h| h.is_some_and(|h| h >= position)),
+        )
+        .await;
         if caught_up.is_err() {
             self.wake.notify_one();
         }

@@ -179,7 +179,12 @@ pub async fn run(
             messages: config.hippie.queue_messages,
             bytes: config.max_queue_bytes,
         };
-        let registry = Arc::new(Registry::new(hub.clone(), durable.clone(), limits, config.hippie.max_queues));
+        let registry = Arc::new(Registry::new(
+            hub.clone(),
+            durable.clone(),
+            limits,
+            config.hippie.max_queues,
+        ));
         tokio::spawn(registry.clone().maintain_until(listener_shutdown.clone()));
         Hippie::new(config.hippie.clone(), registry)
     });

@@ -75,10 +75,12 @@ impl From<tokio_postgres::Error> for Error {
         let kind = match error.code() {
             Some(code) if *code == SqlState::INVALID_PARAMETER_VALUE => Kind::PayloadTooLarge,
             // The constraints of pgpush.events (see migrations/0001).
-            Some(code) if *code == SqlState::CHECK_VIOLATION => match error.as_db_error().and_then(|e| e.constraint()) {
-                Some("events_payload_size") => Kind::PayloadTooLarge,
-                _ => Kind::Invalid,
-            },
+            Some(code) if *code == SqlState::CHECK_VIOLATION => {
+                match error.as_db_error().and_then(|e| e.constraint()) {
+                    Some("events_payload_size") => Kind::PayloadTooLarge,
+                    _ => Kind::Invalid,
+                }
+            }
             Some(code) if *code == SqlState::NOT_NULL_VIOLATION => Kind::Invalid,
             Some(code)
                 if *code == SqlState::UNDEFINED_TABLE

@@ -196,10 +196,16 @@ impl EventStore {
     }
 
     /// The stored position of a Hippie client, if it has one.
-    pub async fn hippie_position(&self, channel: &str, client_id: &str) -> Result<Option<i64>, Error> {
+    pub async fn hippie_position(
+        &self,
+        channel: &str,
+        client_id: &str,
+    ) -> Result<Option<i64>, Error> {
         let client = self.pool.get().await?;
         let statement = client
-            .prepare_cached("SELECT position FROM pgpush.hippie_clients WHERE channel = $1 AND client_id = $2")
+            .prepare_cached(
+                "SELECT position FROM pgpush.hippie_clients WHERE channel = $1 AND client_id = $2",
+            )
             .await?;
         Ok(client
             .query_opt(&statement, &[&channel, &client_id])
@@ -209,7 +215,10 @@ impl EventStore {
 
     /// Stores Hippie clients' positions (channel, client id, position) in one statement; a
     /// stored position never moves back.
-    pub async fn save_hippie_positions(&self, positions: &[(String, String, i64)]) -> Result<(), Error> {
+    pub async fn save_hippie_positions(
+        &self,
+        positions: &[(String, String, i64)],
+    ) -> Result<(), Error> {
         if positions.is_empty() {
             return Ok(());
         }
@@ -225,7 +234,9 @@ impl EventStore {
                  SET position = greatest(pgpush.hippie_clients.position, excluded.position), updated_at = now()",
             )
             .await?;
-        client.execute(&statement, &[&channels, &ids, &values]).await?;
+        client
+            .execute(&statement, &[&channels, &ids, &values])
+            .await?;
         Ok(())
     }
 

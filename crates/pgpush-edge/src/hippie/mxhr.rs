@@ -57,7 +57,12 @@ pub(crate) async fn open(
     let queued = reader.drain();
     node.stats.delivered(queued.len());
     first.extend(queued.iter().map(|m| m.mxhr_part(&boundary).clone()));
-    first.extend(reader.notices().iter().map(|notice| mxhr_part(notice, &boundary)));
+    first.extend(
+        reader
+            .notices()
+            .iter()
+            .map(|notice| mxhr_part(notice, &boundary)),
+    );
     let superseded = attachment.superseded().clone();
     let guard = node.stats.connection(Transport::Mxhr);
     let body = StreamBody::new(

@@ -13,7 +13,6 @@ use crate::{
     Node,
     hippie::{
         CreatedOver, HippieResult, RequestInfo, checked_client_id, new_client_id, no_cache, refuse,
-       
     },
     http::{Body, ConnInfo, full, json},
     stats::Transport,

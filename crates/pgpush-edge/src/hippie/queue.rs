@@ -88,7 +88,12 @@ struct Attachments {
 }
 
 impl Registry {
-    pub(crate) fn new(hub: Arc<Hub>, durable: Arc<Durable>, limits: QueueLimits, max_queues: usize) -> Registry {
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        durable: Arc<Durable>,
+        limits: QueueLimits,
+        max_queues: usize,
+    ) -> Registry {
         Registry {
             hub,
             durable,
@@ -111,7 +116,8 @@ impl Registry {
 
     /// True when (channel, id) has a live queue.
     pub(crate) fn contains(&self, channel: &Channel, client_id: &str) -> bool {
-        self.lock().contains_key(&(channel.clone(), Arc::from(client_id)))
+        self.lock()
+            .contains_key(&(channel.clone(), Arc::from(client_id)))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<ClientQueue>>> {
@@ -171,7 +177,10 @@ impl Registry {
         if let Err(error) = subscribed {
             drop(attachment);
             let mut queues = self.lock();
-            if queues.get(&key).is_some_and(|q| Arc::ptr_eq(q, &queue) && q.subscribed.get().is_none()) {
+            if queues
+                .get(&key)
+                .is_some_and(|q| Arc::ptr_eq(q, &queue) && q.subscribed.get().is_none())
+            {
                 queues.remove(&key);
             }
             return Err(error.into());
@@ -182,10 +191,19 @@ impl Registry {
     /// Subscribes a new queue. If the client was somewhere before (its position is stored), the
     /// durable messages since then are put in the backlog first, so nothing is lost when its
     /// node died; otherwise it starts at the head.
-    async fn subscribe(&self, queue: &ClientQueue, timeout: Duration) -> Result<(), SubscribeError> {
+    async fn subscribe(
+        &self,
+        queue: &ClientQueue,
+        timeout: Duration,
+    ) -> Result<(), SubscribeError> {
         let mut since = None;
         if self.durable.wait_started(Duration::from_secs(1)).await {
-            match self.durable.store().hippie_position(queue.channel.as_str(), &queue.client_id).await {
+            match self
+                .durable
+                .store()
+                .hippie_position(queue.channel.as_str(), &queue.client_id)
+                .await
+            {
                 Ok(position) => since = position,
                 Err(error) => warn!(%error, "could not read a Hippie client's position"),
             }
@@ -195,7 +213,12 @@ impl Registry {
         }
         let subscription = self
             .hub
-            .subscribe(&queue.outbox, std::slice::from_ref(&queue.channel), since, timeout)
+            .subscribe(
+                &queue.outbox,
+                std::slice::from_ref(&queue.channel),
+                since,
+                timeout,
+            )
             .await?;
         let start = since.or(subscription.head).unwrap_or(0);
         queue.acknowledged.store(start, Ordering::Release);
@@ -263,7 +286,9 @@ impl Registry {
             }
             queue.taken_at_last_flush.store(taken, Ordering::Release);
             let acknowledged = queue.acknowledged.load(Ordering::Acquire);
-            if queue.subscribed.get().is_some() && acknowledged > queue.stored.load(Ordering::Acquire) {
+            if queue.subscribed.get().is_some()
+                && acknowledged > queue.stored.load(Ordering::Acquire)
+            {
                 changed.push((queue.clone(), acknowledged));
             }
         }
@@ -381,7 +406,11 @@ impl Drop for Attachment {
     fn drop(&mut self) {
         let mut state = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
         state.count -= 1;
-        if state.newest.as_ref().is_some_and(|(number, _)| *number == self.number) {
+        if state
+            .newest
+            .as_ref()
+            .is_some_and(|(number, _)| *number == self.number)
+        {
             state.newest = None;
         }
         if state.count == 0 {

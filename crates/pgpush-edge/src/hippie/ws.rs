@@ -124,7 +124,6 @@ async fn run(
     }
 }
 
-
 struct HippieWs {
     node: Arc<Node>,
     channel: Channel,
