@@ -264,7 +264,15 @@ async fn hippie_clients_resume_durable_messages_on_another_node() {
     publish_durable(&pg, "h", 1..=5).await;
     let mut got = Vec::new();
     while got.len() < 5 {
-        got.extend(http::get(first.address(), poll).await.json().as_array().unwrap().iter().cloned());
+        got.extend(
+            http::get(first.address(), poll)
+                .await
+                .json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .cloned(),
+        );
     }
     assert_eq!(got, [json!(1), json!(2), json!(3), json!(4), json!(5)]);
     for n in 1..=5 {

@@ -1,8 +1,10 @@
 //! pgpush's integration tests: one binary, a module per area, real PostgreSQL and processes.
 
 mod bad_input;
+mod cluster;
 mod commands;
 mod delivery;
+mod deploy;
 mod durable;
 mod durable_faults;
 mod durable_resume;
@@ -13,6 +15,7 @@ mod listen_set;
 mod reconnect;
 mod shutdown;
 mod slow_consumer;
+mod up;
 
 use std::time::Duration;
 

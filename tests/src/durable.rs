@@ -43,6 +43,9 @@ pub struct ResumingSubscriber {
     client: Option<WsClient>,
     /// The cursor from the last `subscribed` frame or message.
     pub cursor: Option<String>,
+    /// For each reconnect, how long from losing the connection to `subscribed` again.
+    pub reconnect_times: Vec<Duration>,
+    lost_at: Option<std::time::Instant>,
 }
 
 impl ResumingSubscriber {
@@ -57,6 +60,8 @@ impl ResumingSubscriber {
             resets: 0,
             client: None,
             cursor: None,
+            reconnect_times: Vec::new(),
+            lost_at: None,
         }
     }
 
@@ -76,6 +81,9 @@ impl ResumingSubscriber {
                 && self.read_until_subscribed(&mut client).await
             {
                 self.client = Some(client);
+                if let Some(lost_at) = self.lost_at.take() {
+                    self.reconnect_times.push(lost_at.elapsed());
+                }
                 return;
             }
             assert!(
@@ -141,6 +149,7 @@ impl ResumingSubscriber {
                 WsEvent::Json(_) | WsEvent::TimedOut => {}
                 WsEvent::Close(_) | WsEvent::Ended | WsEvent::Binary(_) => {
                     self.client = None;
+                    self.lost_at = Some(std::time::Instant::now());
                     self.node = (self.node + 1) % self.nodes.len();
                     self.reconnects += 1;
                 }

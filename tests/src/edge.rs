@@ -22,6 +22,8 @@ pub struct EdgeOptions {
     pub args: Vec<String>,
     /// Environment variables.
     pub env: Vec<(String, String)>,
+    /// A fixed listen address (default: a free port), so a restarted node comes back on it.
+    pub listen: Option<SocketAddr>,
 }
 
 impl EdgeOptions {
@@ -30,6 +32,7 @@ impl EdgeOptions {
         EdgeOptions {
             args: args.iter().map(|a| a.to_string()).collect(),
             env: Vec::new(),
+            listen: None,
         }
     }
 }
@@ -55,11 +58,14 @@ impl Edge {
         let log = dir.path().join("pgpush.log");
         let log_file = fs::File::create(&log).expect("log file");
         let mut command = Command::new(pgpush_binary());
+        let listen = options
+            .listen
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
         command
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                &listen,
                 "--database-url",
                 database_url,
                 "--migrate",

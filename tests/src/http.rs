@@ -41,6 +41,34 @@ pub async fn request(
     body: impl Into<Bytes>,
 ) -> HttpResponse {
     let stream = TcpStream::connect(address).await.expect("connect");
+    exchange(stream, address, method, path_and_query, headers, body).await
+}
+
+/// [`request`] from a chosen loopback source address (127.0.0.x), to look like another client.
+pub async fn request_from(
+    source: std::net::IpAddr,
+    address: SocketAddr,
+    method: Method,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> HttpResponse {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind source address");
+    let stream = socket.connect(address).await.expect("connect");
+    exchange(stream, address, method, path_and_query, headers, body).await
+}
+
+async fn exchange(
+    stream: TcpStream,
+    address: SocketAddr,
+    method: Method,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> HttpResponse {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("http handshake");
@@ -53,7 +81,10 @@ pub async fn request(
         builder = builder.header(*name, *value);
     }
     let request = builder.body(Full::new(body.into())).expect("request");
-    let response = sender.send_request(request).await.expect("send request");
+    let response = sender
+        .send_request(request)
+        .await
+        .unwrap_or_else(|e| panic!("send request {path_and_query}: {e}"));
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("read body").to_bytes();
     HttpResponse {

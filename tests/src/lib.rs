@@ -6,6 +6,7 @@
 pub mod durable;
 pub mod edge;
 pub mod http;
+pub mod nginx;
 pub mod postgres;
 pub mod raw;
 pub mod sse;
@@ -14,6 +15,7 @@ pub mod ws;
 use std::{future::Future, time::Duration};
 
 pub use edge::{Edge, EdgeOptions};
+pub use nginx::Nginx;
 pub use postgres::TestPostgres;
 pub use sse::{SseClient, SseEvent};
 pub use ws::WsClient;

@@ -116,3 +116,32 @@ pub async fn migrate(database_url: Option<String>) -> Result<(), CommandError> {
     }
     Ok(())
 }
+
+/// `pgpush probe <url>`: true when the URL answers 200 within 3 seconds.
+pub async fn probe(url: &str) -> bool {
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let attempt = async {
+        let stream = tokio::net::TcpStream::connect(authority).await.ok()?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(connection);
+        let request = http::Request::get(path)
+            .header(http::header::HOST, authority)
+            .body(Empty::<bytes::Bytes>::new())
+            .ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        Some(response.status() == http::StatusCode::OK)
+    };
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(3), attempt).await,
+        Ok(Some(true))
+    )
+}

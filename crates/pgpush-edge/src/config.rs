@@ -24,6 +24,70 @@ pub enum CliCommand {
     Notify(NotifyArgs),
     /// Create or upgrade the `pgpush` schema (durable channels); safe to run again.
     Migrate(DatabaseArgs),
+    /// Run N edge nodes behind nginx on one database (a throwaway one when DATABASE_URL is
+    /// unset), print the URLs, stop everything on Ctrl-C.
+    Up(Box<UpArgs>),
+    /// Print an nginx configuration for a set of nodes.
+    NginxConfig(NginxConfigArgs),
+    /// Exit 0 when GET <url> answers 200 (a container health check without curl).
+    Probe(ProbeArgs),
+}
+
+/// `pgpush probe`
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// `http://host:port/path`, e.g. http://127.0.0.1:8080/readyz.
+    pub url: String,
+}
+
+/// `pgpush up`
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Where nginx (or the single node, without nginx) accepts clients.
+    #[arg(long, env = "PGPUSH_UP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Edge nodes to run.
+    #[arg(long, env = "PGPUSH_UP_NODES", default_value_t = 3)]
+    pub nodes: usize,
+    /// How nginx proxies: stream (TCP, with the PROXY protocol) or http.
+    #[arg(long, env = "PGPUSH_UP_MODE", value_enum, default_value = "stream")]
+    pub mode: crate::nginx::NginxMode,
+    /// The nginx binary.
+    #[arg(long, env = "PGPUSH_NGINX", default_value = "nginx")]
+    pub nginx: std::path::PathBuf,
+    /// Database connection.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Extra `pgpush serve` arguments for every node, after `--`.
+    #[arg(last = true)]
+    pub node_args: Vec<String>,
+}
+
+/// `pgpush nginx-config`
+#[derive(Debug, Clone, Args)]
+pub struct NginxConfigArgs {
+    /// Proxy mode.
+    #[arg(long, value_enum, default_value = "stream")]
+    pub mode: crate::nginx::NginxMode,
+    /// Where nginx accepts clients.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// A node's `host:port` (repeat for each; a name resolving to several addresses, as a
+    /// container service does, counts for all of them).
+    #[arg(long = "node", required = true)]
+    pub nodes: Vec<String>,
+    /// nginx's prefix directory: pid file, logs, temp files.
+    #[arg(long)]
+    pub prefix: std::path::PathBuf,
+    /// Send the PROXY protocol to the nodes (stream mode; start them with --proxy-protocol).
+    #[arg(long)]
+    pub proxy_protocol: bool,
+    /// The nodes' Hippie prefix.
+    #[arg(long, default_value = "/_hippie")]
+    pub hippie_prefix: String,
+    /// nginx worker processes.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
 }
 
 /// Where the database is.
@@ -82,11 +146,22 @@ pub struct ServeConfig {
     #[arg(long, env = "PGPUSH_SUBSCRIBE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub subscribe_timeout: Duration,
 
-    /// How long shutdown waits for connections to close before exiting anyway.
+    /// On SIGTERM, clients are told to reconnect elsewhere (WebSocket close 1012, SSE `retry:`)
+    /// at random moments spread over this window, so the other nodes are not stampeded.
+    #[arg(long, env = "PGPUSH_DRAIN_WINDOW", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_window: Duration,
+
+    /// How long shutdown waits, after the drain window, for connections to close.
     #[arg(long, env = "PGPUSH_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
-    /// Peers whose `X-Forwarded-For` is believed (IP addresses or CIDR networks, comma-separated).
+    /// Read a PROXY protocol (v1 or v2) header where a connection starts with one, as nginx's
+    /// stream module sends with `proxy_protocol on`; its client address is believed only from a
+    /// trusted proxy. Connections without one (health checks) are served as they are.
+    #[arg(long, env = "PGPUSH_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
+    /// Peers whose `X-Forwarded-For` (and PROXY protocol header) is believed (IP addresses or CIDR networks, comma-separated).
     #[arg(long = "trusted-proxy", env = "PGPUSH_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 

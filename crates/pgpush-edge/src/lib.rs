@@ -5,16 +5,20 @@
 
 pub mod cli;
 pub mod config;
+mod drain;
 mod durable;
 mod hippie;
 mod http;
 pub mod hub;
+pub mod nginx;
 mod node;
 mod policy;
+mod proxy_protocol;
 mod publish;
 mod resume;
 mod server;
 pub mod stats;
 mod transport;
+pub mod up;
 
 pub use node::{Node, StartError, migrate, run};

@@ -40,9 +40,12 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
     // A throwaway cluster is started on the main thread, before the runtime: its postmaster
     // is tied to the starting thread's life, and the main thread lives as long as we do.
     let mut throwaway = None;
-    if let CliCommand::Serve(config) = &cli.command
-        && config.database.database_url.is_none()
-    {
+    let wants_database = match &cli.command {
+        CliCommand::Serve(config) => config.database.database_url.is_none(),
+        CliCommand::Up(args) => args.database.database_url.is_none(),
+        _ => false,
+    };
+    if wants_database {
         eprintln!("pgpush: DATABASE_URL is unset; starting a throwaway PostgreSQL");
         let cluster = ThrowawayPostgres::start().map_err(|e| (1, e.into()))?;
         eprintln!(
@@ -83,6 +86,37 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
             }
             CliCommand::Migrate(args) => {
                 cli::migrate(args.database_url).await.map_err(command_error)
+            }
+            CliCommand::Up(args) => {
+                let url = args
+                    .database
+                    .database_url
+                    .clone()
+                    .or_else(|| throwaway.as_ref().map(ThrowawayPostgres::url))
+                    .unwrap_or_default();
+                pgpush_edge::up::up(*args, url, shutdown)
+                    .await
+                    .map_err(|e| (1, e.into()))
+            }
+            CliCommand::Probe(args) => {
+                if cli::probe(&args.url).await {
+                    Ok(())
+                } else {
+                    Err((1, anyhow::anyhow!("{} did not answer 200", args.url)))
+                }
+            }
+            CliCommand::NginxConfig(args) => {
+                let config = pgpush_edge::nginx::NginxConfig {
+                    mode: args.mode,
+                    listen: args.listen,
+                    nodes: args.nodes,
+                    prefix: args.prefix,
+                    proxy_protocol: args.proxy_protocol,
+                    hippie_prefix: args.hippie_prefix,
+                    workers: args.workers,
+                };
+                print!("{}", config.render());
+                Ok(())
             }
             CliCommand::Notify(args) => {
                 cli::notify(args.database.database_url, &args.channel, &args.payload)

@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::{
     config::ServeConfig,
+    drain::Drain,
     durable::{Durable, DurableConfig},
     hippie::{Hippie, Registry},
     hub::{Hub, QueueLimits, RecentLimits, WAKE_CHANNEL},
@@ -55,8 +56,10 @@ pub struct Node {
     pub publisher: Publisher,
     /// Counters.
     pub stats: Arc<Stats>,
-    /// Cancelled when the node starts shutting down; connections close on it.
+    /// Cancelled when the node starts shutting down (draining).
     pub shutdown: CancellationToken,
+    /// When each connection closes during the drain.
+    pub(crate) drain: Arc<Drain>,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// The Hippie routes, unless turned off.
@@ -188,6 +191,7 @@ pub async fn run(
         tokio::spawn(registry.clone().maintain_until(listener_shutdown.clone()));
         Hippie::new(config.hippie.clone(), registry)
     });
+    let drain = Arc::new(Drain::new(shutdown.clone(), config.drain_window));
     let node = Arc::new(Node {
         node_id: config
             .node_id
@@ -197,6 +201,7 @@ pub async fn run(
         hub,
         publisher,
         stats,
+        drain,
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
         hippie,

@@ -4,13 +4,17 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
     Node,
     http::{ConnInfo, route},
+    proxy_protocol,
 };
 
 /// How long a client may take to send its request headers (slow-header clients are cut).
@@ -42,7 +46,8 @@ pub(crate) async fn serve(socket: TcpListener, node: Arc<Node>) {
     node.tracker.close();
     let open = node.tracker.len();
     info!(open, "draining connections");
-    if tokio::time::timeout(node.config.shutdown_timeout, node.tracker.wait())
+    let deadline = node.config.drain_window + node.config.shutdown_timeout;
+    if tokio::time::timeout(deadline, node.tracker.wait())
         .await
         .is_err()
     {
@@ -53,8 +58,45 @@ pub(crate) async fn serve(socket: TcpListener, node: Arc<Node>) {
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>) {
+async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc<Node>) {
     let _ = stream.set_nodelay(true);
+    let mut early_bytes = Vec::new();
+    if node.config.proxy_protocol && proxy_protocol::has_header(&stream).await.unwrap_or(false) {
+        match proxy_protocol::read_header(&mut stream).await {
+            Ok((source, rest)) => {
+                // Believed only from a trusted proxy: anyone else could name any address.
+                let trusted = node
+                    .config
+                    .trusted_proxies
+                    .iter()
+                    .any(|net| net.contains(&peer.ip().to_canonical()));
+                if let (Some(source), true) = (source, trusted) {
+                    peer = source;
+                }
+                early_bytes = rest;
+            }
+            Err(error) => {
+                debug!(%error, %peer, "connection without a valid PROXY header refused");
+                return;
+            }
+        }
+    }
+    if early_bytes.is_empty() {
+        serve_http(stream, peer, node).await;
+    } else {
+        // Bytes read after the PROXY header are the start of the request: hyper reads them first.
+        let (reader, writer) = stream.into_split();
+        let stream = tokio::io::join(std::io::Cursor::new(early_bytes).chain(reader), writer);
+        serve_http(stream, peer, node).await;
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection until it ends, the node drains, or the
+/// connection is cut as a slow consumer.
+async fn serve_http<I>(stream: I, peer: SocketAddr, node: Arc<Node>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let conn = Arc::new(ConnInfo {
         peer,
         kill: CancellationToken::new(),
@@ -77,7 +119,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Arc<Node>) 
         _ = node.shutdown.cancelled() => {
             // Finish the request in flight (streams end on the same token), then close.
             connection.as_mut().graceful_shutdown();
-            tokio::time::timeout(node.config.shutdown_timeout, connection.as_mut())
+            tokio::time::timeout(node.config.drain_window + node.config.shutdown_timeout, connection.as_mut())
                 .await
                 .unwrap_or(Ok(()))
         }

@@ -5,7 +5,7 @@
 -- serialised by the lock on pgpush.sequencer_state) gives committed rows their positions in
 -- batches and NOTIFYs pgpush_wake once per batch.
 
-CREATE SCHEMA IF NOT EXISTS pgpush;
+-- The pgpush schema itself is created by the migration runner.
 
 -- This database's identity and the key that signs cursors (244 random bits).
 CREATE TABLE pgpush.installation (

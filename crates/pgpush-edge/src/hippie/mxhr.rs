@@ -76,7 +76,7 @@ pub(crate) async fn open(
         None,
         Some(hippie.config.keepalive),
         StreamEnds {
-            shutdown: node.shutdown.clone(),
+            drain: Box::pin(node.drain.reached_owned(node.drain.slot())),
             kill: conn.kill.clone(),
             superseded: Some(superseded),
         },

@@ -61,6 +61,7 @@ async fn run(
         return;
     };
     let _guard = node.stats.connection(Transport::WebSocket);
+    let drain_slot = node.drain.slot();
     let window = hippie.window(CreatedOver::WebSocket);
     let attachment = match hippie
         .registry
@@ -70,7 +71,8 @@ async fn run(
         Ok(attachment) => attachment,
         Err(error) => {
             let interrupt = Interrupt {
-                shutdown: &node.shutdown,
+                drain: &node.drain,
+                drain_slot,
                 kill: &conn.kill,
                 superseded: None,
             };
@@ -88,7 +90,8 @@ async fn run(
     let mut reader = attachment.read(conn.kill.clone(), true).await;
     attachment.take_fresh();
     let interrupt = Interrupt {
-        shutdown: &node.shutdown,
+        drain: &node.drain,
+        drain_slot,
         kill: &conn.kill,
         superseded: Some(attachment.superseded()),
     };

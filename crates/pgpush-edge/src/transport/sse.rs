@@ -19,8 +19,9 @@ use crate::{
     transport::stream_body::{StreamBody, StreamEnds, StreamFormat},
 };
 
-/// What a browser waits before reconnecting when the server ends a stream on shutdown.
-const RETRY_MILLIS: u64 = 1000;
+/// What a browser waits before reconnecting when the node drains: a random time up to this,
+/// so reconnects spread over the other nodes.
+const MAX_RETRY_MILLIS: u64 = 3000;
 
 /// Subscribes to the query's channels, then answers with an endless event stream whose first
 /// event, `subscribed`, says the subscription is live.
@@ -98,7 +99,7 @@ pub(crate) async fn open(
         Some(Box::pin(prelude)),
         Some(node.config.sse_keepalive),
         StreamEnds {
-            shutdown: node.shutdown.clone(),
+            drain: Box::pin(node.drain.reached_owned(node.drain.slot())),
             kill: conn.kill.clone(),
             superseded: None,
         },
@@ -152,8 +153,8 @@ impl StreamFormat for SseFormat {
     }
 
     fn shutdown(&self) -> Option<Bytes> {
-        let mut last = sse::retry(RETRY_MILLIS);
-        last.extend_from_slice(&sse::comment("server shutting down; reconnect"));
+        let mut last = sse::retry(rand::random_range(250..=MAX_RETRY_MILLIS));
+        last.extend_from_slice(&sse::comment("node draining; reconnect with Last-Event-ID"));
         Some(Bytes::from(last))
     }
 

@@ -38,7 +38,7 @@ pub(crate) trait StreamFormat: Send + Unpin + 'static {
     fn encode(&self, batch: &[Arc<Message>], out: &mut VecDeque<Bytes>);
     /// Sent when nothing else went out for the keepalive interval.
     fn keepalive(&self) -> Bytes;
-    /// The last bytes when the node shuts down.
+    /// The last bytes when the node drains.
     fn shutdown(&self) -> Option<Bytes>;
     /// The last bytes when the client is cut off as slow.
     fn overflow(&self) -> Option<Bytes>;
@@ -46,8 +46,8 @@ pub(crate) trait StreamFormat: Send + Unpin + 'static {
 
 /// The signals that end a stream.
 pub(crate) struct StreamEnds {
-    /// Node shutdown.
-    pub(crate) shutdown: CancellationToken,
+    /// The node's drain reaching this stream's slot.
+    pub(crate) drain: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Slow-consumer cut of this connection.
     pub(crate) kill: CancellationToken,
     /// A newer connection took over (Hippie), if that can happen.
@@ -67,7 +67,7 @@ pub(crate) struct StreamBody<F: StreamFormat> {
     pending: VecDeque<Bytes>,
     prelude: Option<Prelude>,
     keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    drain: Pin<Box<dyn Future<Output = ()> + Send>>,
     kill: Pin<Box<WaitForCancellationFutureOwned>>,
     superseded: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     batch: Vec<Arc<Message>>,
@@ -98,7 +98,7 @@ impl<F: StreamFormat> StreamBody<F> {
             keepalive: keepalive
                 .filter(|d| !d.is_zero())
                 .map(|every| (Box::pin(tokio::time::sleep(every)), every)),
-            shutdown: Box::pin(ends.shutdown.cancelled_owned()),
+            drain: ends.drain,
             kill: Box::pin(ends.kill.cancelled_owned()),
             superseded: ends.superseded.map(|t| Box::pin(t.cancelled_owned())),
             batch: Vec::new(),
@@ -131,7 +131,7 @@ impl<F: StreamFormat> http_body::Body for StreamBody<F> {
         if this.finished {
             return Poll::Ready(None);
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
+        if this.drain.as_mut().poll(cx).is_ready() {
             let last = this.format.shutdown();
             return this.finish(last);
         }

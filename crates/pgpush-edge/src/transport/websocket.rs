@@ -32,6 +32,7 @@ use tracing::debug;
 
 use crate::{
     Node,
+    drain::Drain,
     http::{ApiError, Body, full},
     hub::Inbox,
     stats::Stats,
@@ -59,9 +60,12 @@ pub(crate) fn slow_consumer() -> End {
     )
 }
 
-/// End for a node that shuts down.
-pub(crate) fn shutting_down() -> End {
-    End::Close(CloseCode::Away, "server shutting down; reconnect")
+/// End for a node that drains: 1012, reconnect (to another node) with your cursor.
+pub(crate) fn draining() -> End {
+    End::Close(
+        CloseCode::Restart,
+        "node draining; reconnect with your cursor",
+    )
 }
 
 /// Checks an RFC 6455 upgrade request and derives `Sec-WebSocket-Accept`.
@@ -188,10 +192,11 @@ impl WsIo {
     }
 }
 
-/// What interrupts a connection: node shutdown, a slow-consumer cut, and (Hippie) a newer
-/// connection taking over the client's queue.
+/// What interrupts a connection: the node's drain reaching this connection's slot, a
+/// slow-consumer cut, and (Hippie) a newer connection taking over the client's queue.
 pub(crate) struct Interrupt<'a> {
-    pub(crate) shutdown: &'a CancellationToken,
+    pub(crate) drain: &'a Drain,
+    pub(crate) drain_slot: Duration,
     pub(crate) kill: &'a CancellationToken,
     pub(crate) superseded: Option<&'a CancellationToken>,
 }
@@ -207,7 +212,7 @@ impl Interrupt<'_> {
         };
         tokio::select! {
             biased;
-            _ = self.shutdown.cancelled() => shutting_down(),
+            _ = self.drain.reached(self.drain_slot) => draining(),
             _ = self.kill.cancelled() => slow_consumer(),
             _ = superseded => End::Close(CloseCode::Normal, "another connection took over this client_id"),
         }

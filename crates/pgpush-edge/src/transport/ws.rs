@@ -55,13 +55,15 @@ async fn run(
     since: Option<String>,
 ) {
     let _guard = node.stats.connection(Transport::WebSocket);
+    let drain_slot = node.drain.slot();
     let (outbox, mut inbox) = node.hub.outbox(Some(conn.kill.clone()));
     let mut protocol = Native {
         node: node.clone(),
         session: Session::new(node.hub.clone(), outbox),
     };
     let interrupt = Interrupt {
-        shutdown: &node.shutdown,
+        drain: &node.drain,
+        drain_slot,
         kill: &conn.kill,
         superseded: None,
     };

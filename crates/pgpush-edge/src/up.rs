@@ -1,0 +1,312 @@
+//! `pgpush up`: a whole local deployment — N edge nodes behind nginx on one database — started
+//! with one command and stopped cleanly with Ctrl-C.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::UpArgs,
+    nginx::{NginxConfig, NginxMode},
+};
+
+/// Why `up` could not bring the deployment up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// A process could not be started or did not come up.
+    #[error("{0}")]
+    Start(String),
+    /// Filesystem trouble.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A child process `up` owns; killed if still running when dropped.
+struct Owned {
+    name: String,
+    child: Child,
+}
+
+/// Runs the deployment until `shutdown`, then stops it: nginx first (no new connections), then
+/// the nodes (they drain: clients are told to reconnect), then returns so the caller removes the
+/// database it started.
+pub async fn up(
+    args: UpArgs,
+    database_url: String,
+    shutdown: CancellationToken,
+) -> Result<(), UpError> {
+    crate::migrate(
+        &pgpush_pg::ConnectOptions::parse(&database_url)
+            .map_err(|e| UpError::Start(e.to_string()))?,
+    )
+    .await
+    .map_err(|e| UpError::Start(format!("migration failed: {e}")))?;
+    let workdir = tempfile::Builder::new().prefix("pgpush-up-").tempdir()?;
+    let nginx = find_nginx(&args.nginx);
+    let nodes_wanted = if nginx.is_some() {
+        args.nodes.max(1)
+    } else {
+        1
+    };
+    if nginx.is_none() {
+        eprintln!(
+            "pgpush up: nginx not found ({}); starting one node on {} instead of {} behind nginx.\n  \
+             Install it with: apt-get install -y nginx libnginx-mod-stream",
+            args.nginx.display(),
+            args.listen,
+            args.nodes
+        );
+    }
+    let mut owned: Vec<Owned> = Vec::new();
+    let result = start_all(
+        &args,
+        &database_url,
+        workdir.path(),
+        nginx.as_deref(),
+        nodes_wanted,
+        &mut owned,
+    )
+    .await;
+    match result {
+        Ok(summary) => {
+            println!("{summary}");
+            println!("Press Ctrl-C to stop (everything started here is removed).");
+            wait_for_stop(&mut owned, &shutdown).await;
+        }
+        Err(error) => {
+            stop_all(&mut owned).await;
+            return Err(error);
+        }
+    }
+    stop_all(&mut owned).await;
+    drop(workdir);
+    println!("pgpush up: stopped");
+    Ok(())
+}
+
+async fn start_all(
+    args: &UpArgs,
+    database_url: &str,
+    workdir: &Path,
+    nginx: Option<&Path>,
+    nodes_wanted: usize,
+    owned: &mut Vec<Owned>,
+) -> Result<String, UpError> {
+    let exe = std::env::current_exe()?;
+    let proxy_protocol = args.mode == NginxMode::Stream;
+    let mut addresses = Vec::new();
+    for index in 0..nodes_wanted {
+        let listen = if nginx.is_some() {
+            "127.0.0.1:0".to_owned()
+        } else {
+            args.listen.to_string()
+        };
+        let name = format!("node-{}", index + 1);
+        let log = std::fs::File::create(workdir.join(format!("{name}.log")))?;
+        let mut command = guarded(&exe);
+        command
+            .args(["serve", "--listen", &listen, "--database-url", database_url])
+            .args(["--node-id", &format!("{name}@{}", std::process::id())]);
+        if nginx.is_some() {
+            command.args(["--trusted-proxy", "127.0.0.1"]);
+            if proxy_protocol {
+                command.arg("--proxy-protocol");
+            }
+        }
+        command
+            .args(&args.node_args)
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut child = command
+            .spawn()
+            .map_err(|e| UpError::Start(format!("starting {name}: {e}")))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        owned.push(Owned {
+            name: name.clone(),
+            child,
+        });
+        let address = read_address(stdout).await.ok_or_else(|| {
+            UpError::Start(format!(
+                "{name} did not start; see {}",
+                workdir.join(format!("{name}.log")).display()
+            ))
+        })?;
+        addresses.push(address);
+    }
+    let mut lines = Vec::new();
+    if let Some(nginx) = nginx {
+        std::fs::create_dir_all(workdir.join("tmp"))?;
+        make_world_writable(&workdir.join("tmp"))?;
+        let config = NginxConfig {
+            mode: args.mode,
+            listen: args.listen,
+            nodes: addresses.iter().map(ToString::to_string).collect(),
+            prefix: workdir.to_path_buf(),
+            proxy_protocol,
+            hippie_prefix: "/_hippie".into(),
+            workers: 2,
+        };
+        let file = workdir.join("nginx.conf");
+        std::fs::write(&file, config.render())?;
+        let mut command = guarded(nginx);
+        command
+            .arg("-c")
+            .arg(&file)
+            .arg("-p")
+            .arg(workdir)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(workdir.join("nginx.stderr"))?);
+        let child = command
+            .spawn()
+            .map_err(|e| UpError::Start(format!("starting nginx: {e}")))?;
+        owned.push(Owned {
+            name: "nginx".into(),
+            child,
+        });
+        wait_listening(args.listen).await.map_err(|()| {
+            UpError::Start(format!(
+                "nginx did not listen on {}: {}",
+                args.listen,
+                std::fs::read_to_string(workdir.join("error.log")).unwrap_or_default()
+            ))
+        })?;
+        lines.push(format!(
+            "pgpush is up: {} nodes behind nginx ({} mode) on http://{}",
+            addresses.len(),
+            match args.mode {
+                NginxMode::Stream => "stream",
+                NginxMode::Http => "http",
+            },
+            args.listen
+        ));
+        for (index, address) in addresses.iter().enumerate() {
+            lines.push(format!("  node-{}      http://{address}", index + 1));
+        }
+    } else {
+        lines.push(format!("pgpush is up: one node on http://{}", args.listen));
+    }
+    let base = format!("http://{}", args.listen);
+    let ws = format!("ws://{}", args.listen);
+    lines.push(format!("  WebSocket   {ws}/v1/ws?channel=<name>"));
+    lines.push(format!("  SSE         {base}/v1/sse?channel=<name>"));
+    lines.push(format!(
+        "  publish     curl -X POST {base}/v1/publish/<name> -d '{{\"hello\":\"world\"}}'"
+    ));
+    lines.push(format!("  stats       {base}/v1/stats"));
+    lines.push(format!("  Hippie      {base}/_hippie/stats"));
+    lines.push(format!("  database    {database_url}"));
+    lines.push(format!("  files       {}", workdir.display()));
+    Ok(lines.join("\n"))
+}
+
+/// A command that dies with its parent (`setpriv --pdeathsig`), so nothing outlives `up`.
+fn guarded(program: &Path) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--pdeathsig", "TERM", "--"])
+        .arg(program)
+        .kill_on_drop(true);
+    command
+}
+
+async fn read_address(stdout: tokio::process::ChildStdout) -> Option<SocketAddr> {
+    let mut lines = BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(address) = line.strip_prefix("pgpush listening on http://") {
+                return address.parse().ok();
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    // Keep reading so the node never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    found
+}
+
+async fn wait_listening(address: SocketAddr) -> Result<(), ()> {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(())
+}
+
+async fn wait_for_stop(owned: &mut [Owned], shutdown: &CancellationToken) {
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = check.tick() => {
+                for process in owned.iter_mut() {
+                    if let Ok(Some(status)) = process.child.try_wait() {
+                        eprintln!("pgpush up: {} exited ({status}); the others keep serving", process.name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// nginx first (graceful quit), then the nodes (SIGTERM: they drain), each with a deadline.
+async fn stop_all(owned: &mut Vec<Owned>) {
+    owned.sort_by_key(|p| if p.name == "nginx" { 0 } else { 1 });
+    for process in owned.iter_mut() {
+        let signal = if process.name == "nginx" {
+            "QUIT"
+        } else {
+            "TERM"
+        };
+        if let Some(pid) = process.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args([format!("-{signal}"), pid.to_string()])
+                .status();
+        }
+    }
+    for process in owned.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(30), process.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = process.child.kill().await;
+        }
+    }
+    owned.clear();
+}
+
+fn find_nginx(configured: &Path) -> Option<PathBuf> {
+    if configured.components().count() > 1 {
+        return configured.is_file().then(|| configured.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(configured))
+        .find(|candidate| candidate.is_file())
+}
+
+fn make_world_writable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // nginx workers run as an unprivileged user when started as root.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
+    if let Some(parent) = dir.parent() {
+        let mode = std::fs::metadata(parent)?.permissions().mode() | 0o711;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! `pgpush up`: the README's main command brings up nodes, nginx and a database, serves, and on
+//! Ctrl-C stops every process it started and removes its files.
+
+use std::{process::Stdio, time::Duration};
+
+use pgpush_tests::{WsClient, edge::pgpush_binary, http};
+use serde_json::json;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
+
+use crate::SOON;
+
+/// Command lines of running processes that mention `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(format!(
+                    "{}: {cmdline}",
+                    entry.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_serves_through_nginx_and_stops_everything_on_ctrl_c() {
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut up = Command::new(pgpush_binary())
+        .args([
+            "up",
+            "--nodes",
+            "3",
+            "--mode",
+            "http",
+            "--listen",
+            &listen.to_string(),
+        ])
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = up.id().unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let done = line.starts_with("Press Ctrl-C");
+            printed.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("pgpush up came up within 60 s");
+    let field = |name: &str| {
+        printed
+            .iter()
+            .find_map(|l| {
+                l.trim_start()
+                    .strip_prefix(name)
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no {name} line in {printed:#?}"))
+    };
+    assert!(
+        printed[0].starts_with(&format!(
+            "pgpush is up: 3 nodes behind nginx (http mode) on http://{listen}"
+        )),
+        "{printed:#?}"
+    );
+    let files = field("files");
+    let database = field("database");
+    let database_port = database
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // The printed URLs work.
+    let stats = http::get(listen, "/v1/stats").await;
+    assert_eq!(stats.status, 200);
+    assert_eq!(http::get(listen, "/_hippie/stats").await.status, 200);
+    let mut client = WsClient::connect(&format!("ws://{listen}/v1/ws?channel=up")).await;
+    assert_eq!(client.next_json(SOON).await["type"], "subscribed");
+    let published = http::post(listen, "/v1/publish/up", r#"{"hello":"world"}"#).await;
+    assert_eq!(published.status, 200, "{}", published.text());
+    assert_eq!(
+        client.next_message(SOON).await["data"],
+        json!({"hello": "world"})
+    );
+    let nodes = format!("@{pid}");
+    assert_eq!(
+        processes_mentioning(&nodes).len(),
+        3,
+        "three node processes"
+    );
+    assert!(
+        !processes_mentioning(&files).is_empty(),
+        "nginx runs from the files directory"
+    );
+
+    // Ctrl-C: everything stops and disappears.
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), up.wait())
+        .await
+        .expect("exit within 60 s")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        processes_mentioning(&nodes),
+        Vec::<String>::new(),
+        "nodes left running"
+    );
+    assert_eq!(
+        processes_mentioning(&files),
+        Vec::<String>::new(),
+        "nginx left running"
+    );
+    assert_eq!(
+        processes_mentioning(&format!("-p {database_port}")),
+        Vec::<String>::new(),
+        "PostgreSQL left running"
+    );
+    assert!(
+        !std::path::Path::new(&files).exists(),
+        "{files} was not removed"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(listen).await.is_err(),
+        "still listening"
+    );
+}
