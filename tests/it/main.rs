@@ -12,6 +12,7 @@ mod hippie_flows;
 mod hippie_queue;
 mod hippie_wire;
 mod listen_set;
+mod loadtest;
 mod reconnect;
 mod shutdown;
 mod slow_consumer;

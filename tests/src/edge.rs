@@ -203,41 +203,48 @@ impl Edge {
 pub fn pgpush_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
-        .get_or_init(|| {
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("workspace")
-                .to_path_buf();
-            // The test executable lives in <target>/<profile>/deps/.
-            let exe = std::env::current_exe().expect("current exe");
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("profile dir")
-                .to_path_buf();
-            let binary = profile_dir.join("pgpush");
-            let built = fs::metadata(&binary).and_then(|m| m.modified()).ok();
-            let newest_source = newest_mtime(&workspace.join("crates"));
-            if built.is_none_or(|built| newest_source.is_some_and(|source| source > built)) {
-                let mut build = std::process::Command::new(
-                    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
-                );
-                build.current_dir(&workspace).args([
-                    "build",
-                    "-p",
-                    "pgpush-edge",
-                    "--bin",
-                    "pgpush",
-                ]);
-                if profile_dir.ends_with("release") {
-                    build.arg("--release");
-                }
-                let status = build.status().expect("run cargo build");
-                assert!(status.success(), "cargo build of pgpush failed");
-            }
-            binary
-        })
+        .get_or_init(|| workspace_binary("pgpush-edge", "pgpush"))
         .clone()
+}
+
+/// The `pgpush-loadgen` binary of this build, rebuilt first when a source file is newer.
+pub fn loadgen_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| workspace_binary("pgpush-loadgen", "pgpush-loadgen"))
+        .clone()
+}
+
+/// A binary of the workspace, built for this test profile when missing or older than the sources.
+fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf();
+    // The test executable lives in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("profile dir")
+        .to_path_buf();
+    let binary = profile_dir.join(name);
+    let built = fs::metadata(&binary).and_then(|m| m.modified()).ok();
+    let newest_source =
+        newest_mtime(&workspace.join("crates")).max(newest_mtime(&workspace.join("loadtest")));
+    if built.is_none_or(|built| newest_source.is_some_and(|source| source > built)) {
+        let mut build =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build
+            .current_dir(&workspace)
+            .args(["build", "-p", package, "--bin", name]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of {name} failed");
+    }
+    binary
 }
 
 fn newest_mtime(dir: &Path) -> Option<SystemTime> {

@@ -1,97 +1,173 @@
-//! Publishes stamped, numbered messages at a steady rate over SQL or HTTP.
+//! The publisher: numbered, timestamped messages (`{"seq":n,"t":<ns>}`) at a steady rate, or as
+//! fast as delivery keeps up, over HTTP or SQL. Each channel belongs to one lane (one connection),
+//! so a channel's messages are published in order.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
-
-use anyhow::{Context, bail};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
-use crate::{Args, PublishVia, subscriber::now_nanos};
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 
-/// Publishes to the channels in turn.
-pub(crate) struct Publisher {
-    via: Via,
-    channels: Vec<String>,
+use crate::{PublishVia, ServerKind, manifest::Plan, tally::now_nanos};
+
+/// Parallel publishing connections.
+const LANES: usize = 4;
+
+/// Closed-loop gate: publish only while fewer than `window` messages per subscriber are in
+/// flight (published times subscribers per channel, minus delivered).
+#[derive(Debug, Clone)]
+pub(crate) struct Gate {
+    pub(crate) delivered: Arc<AtomicU64>,
+    pub(crate) subscribers_per_channel: u64,
+    pub(crate) window: u64,
 }
 
-enum Via {
-    Sql(Vec<tokio_postgres::Client>, &'static str),
-    Http(SocketAddr),
+enum Connection {
+    Http(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Sql(tokio_postgres::Client, &'static str),
 }
 
-impl Publisher {
-    pub(crate) async fn new(
-        args: &Args,
-        target: SocketAddr,
-        channels: Vec<String>,
-    ) -> anyhow::Result<Publisher> {
-        let via = match args.publish_via {
-            PublishVia::SqlNotify | PublishVia::SqlDurable => {
-                let url = args
-                    .database_url
-                    .as_deref()
-                    .context("--database-url is needed to publish over SQL")?;
-                let mut clients = Vec::new();
-                for _ in 0..4 {
-                    let (client, connection) =
-                        tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-                    tokio::spawn(connection);
-                    clients.push(client);
+/// Publishes for `plan.duration`; returns how many messages went to each channel.
+pub(crate) async fn publish(
+    plan: &Plan,
+    server: ServerKind,
+    target: SocketAddr,
+    database_url: Option<&str>,
+    gate: Option<Gate>,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let published = Arc::new(AtomicU64::new(0));
+    let deadline = tokio::time::Instant::now() + plan.duration;
+    let lanes = LANES.min(plan.channels);
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let channels: Vec<String> = (0..plan.channels)
+            .filter(|c| c % lanes == lane)
+            .map(|c| format!("lg-{c}"))
+            .collect();
+        let mut connection = open(plan.publish_via, server, target, database_url).await?;
+        let rate = plan.rate / lanes as f64;
+        let gate = gate.clone();
+        let published = published.clone();
+        let mode = mode_query(plan.publish_via);
+        tasks.push(tokio::spawn(async move {
+            let mut sent: BTreeMap<String, u64> = BTreeMap::new();
+            let start = tokio::time::Instant::now();
+            let mut n: u64 = 0;
+            while tokio::time::Instant::now() < deadline {
+                if rate > 0.0 {
+                    tokio::time::sleep_until(start + Duration::from_secs_f64(n as f64 / rate))
+                        .await;
+                } else if let Some(gate) = &gate {
+                    // As fast as delivery keeps up.
+                    loop {
+                        let in_flight = published.load(Ordering::Relaxed)
+                            * gate.subscribers_per_channel
+                            - gate.delivered.load(Ordering::Relaxed).min(
+                                published.load(Ordering::Relaxed) * gate.subscribers_per_channel,
+                            );
+                        if in_flight < gate.window * gate.subscribers_per_channel
+                            || tokio::time::Instant::now() >= deadline
+                        {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
                 }
-                let statement = if args.publish_via == PublishVia::SqlNotify {
-                    "SELECT pg_notify($1, $2)"
-                } else {
-                    "SELECT pgpush.publish($1::text, $2::text)"
-                };
-                Via::Sql(clients, statement)
+                let channel = &channels[(n as usize) % channels.len()];
+                let seq = sent.get(channel).copied().unwrap_or(0) + 1;
+                let payload = format!(r#"{{"seq":{seq},"t":{}}}"#, now_nanos());
+                send(&mut connection, server, target, channel, &payload, mode).await?;
+                sent.insert(channel.clone(), seq);
+                published.fetch_add(1, Ordering::Relaxed);
+                n += 1;
             }
-            PublishVia::HttpEphemeral => Via::Http(target),
-        };
-        Ok(Publisher { via, channels })
+            anyhow::Ok(sent)
+        }));
     }
+    let mut total = BTreeMap::new();
+    for task in tasks {
+        total.extend(task.await??);
+    }
+    Ok(total)
+}
 
-    /// Publishes at `rate` messages/s for `duration`; returns how many went to each channel.
-    /// Message n on a channel has `seq` n (starting at 1) and its publish time `t`.
-    pub(crate) async fn run(
-        &self,
-        rate: f64,
-        duration: Duration,
-    ) -> anyhow::Result<HashMap<String, u64>> {
-        let mut sent: HashMap<String, u64> = HashMap::new();
-        let interval = Duration::from_secs_f64(1.0 / rate);
-        let total = (rate * duration.as_secs_f64()).round() as u64;
-        let start = tokio::time::Instant::now();
-        for n in 0..total {
-            tokio::time::sleep_until(start + interval.mul_f64(n as f64)).await;
-            let channel = &self.channels[(n as usize) % self.channels.len()];
-            let seq = sent.get(channel).copied().unwrap_or(0) + 1;
-            let payload = format!(r#"{{"seq":{seq},"t":{}}}"#, now_nanos());
-            match &self.via {
-                Via::Sql(clients, statement) => {
-                    let client = &clients[(n as usize) % clients.len()];
-                    client.execute(*statement, &[channel, &payload]).await?;
-                }
-                Via::Http(target) => http_publish(*target, channel, &payload).await?,
-            }
-            sent.insert(channel.clone(), seq);
+async fn open(
+    via: PublishVia,
+    server: ServerKind,
+    target: SocketAddr,
+    database_url: Option<&str>,
+) -> anyhow::Result<Connection> {
+    match via {
+        PublishVia::HttpDurable | PublishVia::HttpEphemeral => {
+            let stream = tokio::net::TcpStream::connect(target).await?;
+            stream.set_nodelay(true)?;
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let _ = server;
+            Ok(Connection::Http(sender))
         }
-        Ok(sent)
+        PublishVia::SqlNotify | PublishVia::SqlDurable => {
+            let url = database_url.context("--database-url is needed to publish over SQL")?;
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            let statement = if via == PublishVia::SqlNotify {
+                "SELECT pg_notify($1, $2)"
+            } else {
+                "SELECT pgpush.publish($1::text, $2::text)"
+            };
+            Ok(Connection::Sql(client, statement))
+        }
     }
 }
 
-async fn http_publish(target: SocketAddr, channel: &str, payload: &str) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect(target).await?;
-    let request = format!(
-        "POST /v1/publish/{channel}?mode=ephemeral HTTP/1.1\r\nhost: {target}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
-        payload.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    if !response.starts_with(b"HTTP/1.1 200") {
-        bail!("publish failed: {}", String::from_utf8_lossy(&response));
+async fn send(
+    connection: &mut Connection,
+    server: ServerKind,
+    target: SocketAddr,
+    channel: &str,
+    payload: &str,
+    mode: &str,
+) -> anyhow::Result<()> {
+    match connection {
+        Connection::Sql(client, statement) => {
+            client.execute(*statement, &[&channel, &payload]).await?;
+        }
+        Connection::Http(sender) => {
+            let path = match server {
+                ServerKind::Nchan => format!("/pub/{channel}"),
+                // The ephemeral mode is picked by the query; the thin server ignores it.
+                ServerKind::Pgpush | ServerKind::Thin => format!("/v1/publish/{channel}{}", mode),
+            };
+            sender.ready().await?;
+            let request = hyper::Request::post(path)
+                .header(hyper::header::HOST, target.to_string())
+                .body(Full::new(Bytes::from(payload.to_owned())))?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let _ = response.into_body().collect().await;
+            if !status.is_success() {
+                bail!("publish failed: {status}");
+            }
+        }
     }
     Ok(())
+}
+
+/// The publish path for a mode: durable unless ephemeral was asked for.
+pub(crate) fn mode_query(via: PublishVia) -> &'static str {
+    if via == PublishVia::HttpEphemeral {
+        "?mode=ephemeral"
+    } else {
+        ""
+    }
 }

@@ -1,0 +1,148 @@
+//! The load tests: k6 scripts and the Rust generator run the same scenarios, and the CI smoke
+//! run — `pgpush up` with 3 nodes behind nginx, 2,000 mixed clients for 30 s — loses and
+//! repeats nothing.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use pgpush_tests::edge::{loadgen_binary, pgpush_binary};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
+
+fn loadtest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("loadtest")
+}
+
+#[test]
+fn every_scenario_has_a_k6_script_that_node_accepts() {
+    let output = std::process::Command::new(loadgen_binary())
+        .arg("scenarios")
+        .output()
+        .unwrap();
+    let manifest: Value = serde_json::from_slice(&output.stdout).expect("scenarios JSON");
+    let on_disk: Value = serde_json::from_str(
+        &std::fs::read_to_string(loadtest_dir().join("scenarios.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest, on_disk,
+        "the generator embeds loadtest/scenarios.json"
+    );
+    let names: Vec<&String> = manifest.as_object().unwrap().keys().collect();
+    assert_eq!(names.len(), 6);
+    for name in names {
+        let script = loadtest_dir().join(format!("{name}.js"));
+        let text =
+            std::fs::read_to_string(&script).unwrap_or_else(|_| panic!("no k6 script for {name}"));
+        assert!(
+            text.contains(&format!("const NAME = '{name}';")),
+            "{name}.js runs another scenario"
+        );
+        assert!(
+            text.contains("scenarioOptions(NAME)"),
+            "{name}.js must take its options from the manifest"
+        );
+        let check = std::process::Command::new("node")
+            .arg("--check")
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|_| panic!("node not found; install it with: scripts/test --install-only (apt-get install -y nodejs)"));
+        assert!(
+            check.status.success(),
+            "{name}.js: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    let common = std::process::Command::new("node")
+        .arg("--check")
+        .arg(loadtest_dir().join("lib/common.js"))
+        .status()
+        .unwrap();
+    assert!(common.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smoke_two_thousand_mixed_clients_through_a_cluster_lose_nothing() {
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut up = Command::new(pgpush_binary())
+        .args([
+            "up",
+            "--nodes",
+            "3",
+            "--mode",
+            "stream",
+            "--listen",
+            &listen.to_string(),
+        ])
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("Press Ctrl-C") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("pgpush up came up");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let dir = tempfile::tempdir().unwrap();
+    let summary_path = dir.path().join("summary.json");
+    // No threshold on times in CI: loss, duplicates, order and connect failures only.
+    let status = Command::new(loadgen_binary())
+        .args(["run", "cluster", "--url", &format!("http://{listen}")])
+        .args([
+            "--connections",
+            "2000",
+            "--duration",
+            "30s",
+            "--processes",
+            "2",
+            "--source-addresses",
+            "4",
+        ])
+        .args([
+            "--max-p99-ms",
+            "0",
+            "--max-connect-failure-ratio",
+            "0",
+            "--json",
+        ])
+        .arg(&summary_path)
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    assert!(status.success(), "thresholds failed: {summary:#}");
+    assert_eq!(summary["connected"], 2000);
+    assert_eq!(summary["lost"], 0);
+    assert_eq!(summary["duplicates"], 0);
+    assert!(
+        summary["delivered"].as_u64().unwrap() > 100_000,
+        "{summary:#}"
+    );
+    std::process::Command::new("kill")
+        .args(["-INT", &up.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(60), up.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+}
