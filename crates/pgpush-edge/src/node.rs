@@ -13,7 +13,7 @@ use tracing::info;
 
 use crate::{
     config::ServeConfig,
-    drain::Drain,
+    drain::{Drain, Heartbeat},
     durable::{Durable, DurableConfig},
     hippie::{Hippie, Registry},
     hub::{Hub, QueueLimits, RecentLimits, WAKE_CHANNEL},
@@ -60,6 +60,12 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// When each connection closes during the drain.
     pub(crate) drain: Arc<Drain>,
+    /// Ticks every ping interval: WebSocket connections ping their clients on it.
+    pub(crate) heartbeat: Heartbeat,
+    /// Ticks every Hippie keepalive interval (never when it is 0).
+    pub(crate) hippie_keepalive: Heartbeat,
+    /// Ticks every SSE keepalive interval.
+    pub(crate) sse_keepalive: Heartbeat,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// The Hippie routes, unless turned off.
@@ -89,12 +95,13 @@ impl Node {
         snapshot
     }
 
-    /// The WebSocket settings: a small read buffer (idle connections cost little memory),
+    /// The WebSocket settings: a small read buffer (clients send little; idle connections cost
+    /// little memory),
     /// an inbound message cap, and a write buffer that coalesces a batch into few syscalls.
     pub(crate) fn websocket_config(&self) -> WebSocketConfig {
         let max = self.config.max_message_bytes;
         WebSocketConfig::default()
-            .read_buffer_size(4096)
+            .read_buffer_size(1024)
             .write_buffer_size(16 * 1024)
             .max_write_buffer_size(16 * 1024 + max.max(8 << 20) * 2)
             .max_message_size(Some(max))
@@ -191,7 +198,10 @@ pub async fn run(
         tokio::spawn(registry.clone().maintain_until(listener_shutdown.clone()));
         Hippie::new(config.hippie.clone(), registry)
     });
-    let drain = Arc::new(Drain::new(shutdown.clone(), config.drain_window));
+    let drain = Drain::new(shutdown.clone(), config.drain_window);
+    let heartbeat = Heartbeat::start(config.ping_interval, listener_shutdown.clone());
+    let hippie_keepalive = Heartbeat::start(config.hippie.keepalive, listener_shutdown.clone());
+    let sse_keepalive = Heartbeat::start(config.sse_keepalive, listener_shutdown.clone());
     let node = Arc::new(Node {
         node_id: config
             .node_id
@@ -202,6 +212,9 @@ pub async fn run(
         publisher,
         stats,
         drain,
+        heartbeat,
+        hippie_keepalive,
+        sse_keepalive,
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
         hippie,

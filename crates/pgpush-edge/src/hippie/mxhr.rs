@@ -74,9 +74,9 @@ pub(crate) async fn open(
         node.stats.clone(),
         first,
         None,
-        Some(hippie.config.keepalive),
+        Some(node.hippie_keepalive.subscribe()),
         StreamEnds {
-            drain: Box::pin(node.drain.reached_owned(node.drain.slot())),
+            drain: Box::pin(node.drain.slot().clone().cancelled_owned()),
             kill: conn.kill.clone(),
             superseded: Some(superseded),
         },

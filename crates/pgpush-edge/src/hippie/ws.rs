@@ -18,7 +18,7 @@ use crate::{
     },
     http::ConnInfo,
     stats::Transport,
-    transport::websocket::{self, End, Interrupt, WsIo, WsProtocol},
+    transport::websocket::{self, Beats, End, Interrupt, WsIo, WsProtocol},
 };
 
 pub(crate) fn upgrade(
@@ -61,7 +61,6 @@ async fn run(
         return;
     };
     let _guard = node.stats.connection(Transport::WebSocket);
-    let drain_slot = node.drain.slot();
     let window = hippie.window(CreatedOver::WebSocket);
     let attachment = match hippie
         .registry
@@ -71,8 +70,7 @@ async fn run(
         Ok(attachment) => attachment,
         Err(error) => {
             let interrupt = Interrupt {
-                drain: &node.drain,
-                drain_slot,
+                drain: node.drain.slot(),
                 kill: &conn.kill,
                 superseded: None,
             };
@@ -90,8 +88,7 @@ async fn run(
     let mut reader = attachment.read(conn.kill.clone(), true).await;
     attachment.take_fresh();
     let interrupt = Interrupt {
-        drain: &node.drain,
-        drain_slot,
+        drain: node.drain.slot(),
         kill: &conn.kill,
         superseded: Some(attachment.superseded()),
     };
@@ -115,8 +112,11 @@ async fn run(
             &node.stats,
             &mut protocol,
             &interrupt,
-            node.config.ping_interval,
-            Some(hippie.config.keepalive),
+            Beats {
+                ping: node.heartbeat.subscribe(),
+                ping_interval: node.config.ping_interval,
+                keepalive: Some(node.hippie_keepalive.subscribe()),
+            },
         )
         .await);
     }

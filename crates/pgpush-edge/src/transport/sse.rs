@@ -97,9 +97,9 @@ pub(crate) async fn open(
         node.stats.clone(),
         Vec::new(),
         Some(Box::pin(prelude)),
-        Some(node.config.sse_keepalive),
+        Some(node.sse_keepalive.subscribe()),
         StreamEnds {
-            drain: Box::pin(node.drain.reached_owned(node.drain.slot())),
+            drain: Box::pin(node.drain.slot().clone().cancelled_owned()),
             kill: conn.kill.clone(),
             superseded: None,
         },

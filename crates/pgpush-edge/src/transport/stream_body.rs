@@ -5,17 +5,15 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use bytes::Bytes;
 use futures_util::Stream;
 use http_body::Frame;
 use pgpush_protocol::Message;
-use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::{hub::Inbox, stats::Stats};
+use crate::{drain::Ticks, hub::Inbox, stats::Stats};
 
 /// Most messages taken from the queue per poll.
 const BATCH: usize = 256;
@@ -66,7 +64,8 @@ pub(crate) struct StreamBody<F: StreamFormat> {
     stats: Arc<Stats>,
     pending: VecDeque<Bytes>,
     prelude: Option<Prelude>,
-    keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
+    /// The next keepalive tick (node-wide, shared by every stream).
+    keepalive: Option<Pin<Box<dyn Future<Output = Ticks> + Send>>>,
     drain: Pin<Box<dyn Future<Output = ()> + Send>>,
     kill: Pin<Box<WaitForCancellationFutureOwned>>,
     superseded: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -85,7 +84,7 @@ impl<F: StreamFormat> StreamBody<F> {
         stats: Arc<Stats>,
         preamble: Vec<Bytes>,
         prelude: Option<Prelude>,
-        keepalive: Option<Duration>,
+        keepalive: Option<Ticks>,
         ends: StreamEnds,
     ) -> StreamBody<F> {
         StreamBody {
@@ -95,9 +94,7 @@ impl<F: StreamFormat> StreamBody<F> {
             stats,
             pending: preamble.into(),
             prelude,
-            keepalive: keepalive
-                .filter(|d| !d.is_zero())
-                .map(|every| (Box::pin(tokio::time::sleep(every)), every)),
+            keepalive: keepalive.map(Ticks::into_tick),
             drain: ends.drain,
             kill: Box::pin(ends.kill.cancelled_owned()),
             superseded: ends.superseded.map(|t| Box::pin(t.cancelled_owned())),
@@ -171,15 +168,12 @@ impl<F: StreamFormat> http_body::Body for StreamBody<F> {
             }
         }
         if let Some(next) = this.pending.pop_front() {
-            if let Some((sleep, every)) = &mut this.keepalive {
-                sleep.as_mut().reset(tokio::time::Instant::now() + *every);
-            }
             return Poll::Ready(Some(Ok(Frame::data(next))));
         }
-        if let Some((sleep, every)) = &mut this.keepalive
-            && sleep.as_mut().poll(cx).is_ready()
+        if let Some(tick) = &mut this.keepalive
+            && let Poll::Ready(ticks) = tick.as_mut().poll(cx)
         {
-            sleep.as_mut().reset(tokio::time::Instant::now() + *every);
+            *tick = ticks.into_tick();
             return Poll::Ready(Some(Ok(Frame::data(this.format.keepalive()))));
         }
         Poll::Pending

@@ -32,7 +32,7 @@ use tracing::debug;
 
 use crate::{
     Node,
-    drain::Drain,
+    drain::Ticks,
     http::{ApiError, Body, full},
     hub::Inbox,
     stats::Stats,
@@ -178,6 +178,10 @@ impl WsIo {
 
     /// Sends a close frame (bounded in time), then waits briefly for the client's close.
     pub(crate) async fn close(&mut self, code: CloseCode, reason: &'static str) {
+        Box::pin(self.close_inline(code, reason)).await
+    }
+
+    async fn close_inline(&mut self, code: CloseCode, reason: &'static str) {
         let frame = CloseFrame {
             code,
             reason: reason.into(),
@@ -195,8 +199,8 @@ impl WsIo {
 /// What interrupts a connection: the node's drain reaching this connection's slot, a
 /// slow-consumer cut, and (Hippie) a newer connection taking over the client's queue.
 pub(crate) struct Interrupt<'a> {
-    pub(crate) drain: &'a Drain,
-    pub(crate) drain_slot: Duration,
+    /// This connection's slot of the node's drain.
+    pub(crate) drain: &'a CancellationToken,
     pub(crate) kill: &'a CancellationToken,
     pub(crate) superseded: Option<&'a CancellationToken>,
 }
@@ -212,7 +216,7 @@ impl Interrupt<'_> {
         };
         tokio::select! {
             biased;
-            _ = self.drain.reached(self.drain_slot) => draining(),
+            _ = self.drain.cancelled() => draining(),
             _ = self.kill.cancelled() => slow_consumer(),
             _ = superseded => End::Close(CloseCode::Normal, "another connection took over this client_id"),
         }
@@ -242,19 +246,21 @@ pub(crate) trait WsProtocol {
 }
 
 /// Serves one connection until it ends: drains the queue in batches, reads client frames,
-/// pings every `ping_interval` (closing a client silent for two), sends the protocol's
-/// keepalive every `keepalive` interval.
+/// pings on every `ping` tick (closing a client silent for two `ping_interval`s), sends the
+/// protocol's keepalive on every `keepalive` tick.
 pub(crate) async fn serve<P: WsProtocol>(
     io: &mut WsIo,
     inbox: &mut Inbox,
     stats: &Stats,
     protocol: &mut P,
     interrupt: &Interrupt<'_>,
-    ping_interval: Duration,
-    keepalive: Option<Duration>,
+    beats: Beats,
 ) -> End {
-    let mut ping = every(ping_interval);
-    let mut keepalive = keepalive.filter(|d| !d.is_zero()).map(every);
+    let Beats {
+        mut ping,
+        ping_interval,
+        mut keepalive,
+    } = beats;
     let mut last_heard = Instant::now();
     let mut batch = Vec::new();
     loop {
@@ -278,7 +284,10 @@ pub(crate) async fn serve<P: WsProtocol>(
                 Some(Ok(message)) => {
                     last_heard = Instant::now();
                     match message {
-                        Message::Text(text) => protocol.on_text(io, text.as_str(), interrupt).await,
+                        // Boxed: a client frame is rare next to an idle connection, and this
+                        // future (publish, subscribe and replay) is large; inline, every idle
+                        // connection would carry its space.
+                        Message::Text(text) => Box::pin(protocol.on_text(io, text.as_str(), interrupt)).await,
                         Message::Binary(_) => {
                             let reply = protocol.binary_refused();
                             io.send_text(reply, interrupt).await
@@ -312,19 +321,20 @@ pub(crate) async fn serve<P: WsProtocol>(
     }
 }
 
-/// An interval whose first tick is one period from now.
-pub(crate) fn every(period: Duration) -> tokio::time::Interval {
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval
+/// The heartbeats a connection follows.
+pub(crate) struct Beats {
+    /// Ping the client on each tick.
+    pub(crate) ping: Ticks,
+    /// The ping period: a client silent for two is gone.
+    pub(crate) ping_interval: Duration,
+    /// Send the protocol's keepalive message on each tick.
+    pub(crate) keepalive: Option<Ticks>,
 }
 
-/// The next tick of an optional interval; never completes when there is none.
-async fn tick(interval: &mut Option<tokio::time::Interval>) {
-    match interval {
-        Some(interval) => {
-            interval.tick().await;
-        }
+/// The next tick of an optional heartbeat; never completes when there is none.
+async fn tick(ticks: &mut Option<Ticks>) {
+    match ticks {
+        Some(ticks) => ticks.tick().await,
         None => std::future::pending().await,
     }
 }

@@ -20,7 +20,7 @@ use crate::{
     policy, publish,
     resume::{self, ReplayBatch},
     stats::Transport,
-    transport::websocket::{self, End, Interrupt, WsIo, WsProtocol},
+    transport::websocket::{self, Beats, End, Interrupt, WsIo, WsProtocol},
 };
 
 /// Answers the WebSocket handshake; channels in the query are validated first (errors are plain
@@ -55,23 +55,20 @@ async fn run(
     since: Option<String>,
 ) {
     let _guard = node.stats.connection(Transport::WebSocket);
-    let drain_slot = node.drain.slot();
     let (outbox, mut inbox) = node.hub.outbox(Some(conn.kill.clone()));
     let mut protocol = Native {
         node: node.clone(),
         session: Session::new(node.hub.clone(), outbox),
     };
     let interrupt = Interrupt {
-        drain: &node.drain,
-        drain_slot,
+        drain: node.drain.slot(),
         kill: &conn.kill,
         superseded: None,
     };
     let mut end = Ok(());
     if !channels.is_empty() {
-        end = protocol
-            .subscribe(&mut io, channels, since, None, &interrupt)
-            .await;
+        // Boxed for the same reason as client frames: it happens once, and is large.
+        end = Box::pin(protocol.subscribe(&mut io, channels, since, None, &interrupt)).await;
     }
     let end = match end {
         Ok(()) => {
@@ -81,8 +78,11 @@ async fn run(
                 &node.stats,
                 &mut protocol,
                 &interrupt,
-                node.config.ping_interval,
-                None,
+                Beats {
+                    ping: node.heartbeat.subscribe(),
+                    ping_interval: node.config.ping_interval,
+                    keepalive: None,
+                },
             )
             .await
         }
