@@ -55,6 +55,9 @@ pub struct UpArgs {
     /// The nginx binary.
     #[arg(long, env = "PGPUSH_NGINX", default_value = "nginx")]
     pub nginx: std::path::PathBuf,
+    /// nginx worker processes (each holds at most 20,000 sockets here; a proxied client takes two).
+    #[arg(long, env = "PGPUSH_NGINX_WORKERS", default_value_t = 2)]
+    pub nginx_workers: usize,
     /// Database connection.
     #[command(flatten)]
     pub database: DatabaseArgs,

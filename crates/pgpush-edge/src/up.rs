@@ -30,7 +30,7 @@ pub enum UpError {
     Io(#[from] std::io::Error),
 }
 
-/// A child process `up` owns; killed if still running when dropped.
+/// A child process `up` owns; stopped by [`stop_all`], or by its parent-death signal.
 struct Owned {
     name: String,
     child: Child,
@@ -153,7 +153,7 @@ async fn start_all(
             prefix: workdir.to_path_buf(),
             proxy_protocol,
             hippie_prefix: "/_hippie".into(),
-            workers: 2,
+            workers: args.nginx_workers,
         };
         let file = workdir.join("nginx.conf");
         std::fs::write(&file, config.render())?;
@@ -209,13 +209,11 @@ async fn start_all(
     Ok(lines.join("\n"))
 }
 
-/// A command that dies with its parent (`setpriv --pdeathsig`), so nothing outlives `up`.
+/// A command that gets SIGTERM when `up` dies (`setpriv --pdeathsig`), so nothing outlives it.
+/// Not SIGKILL: an nginx master killed outright leaves its workers running.
 fn guarded(program: &Path) -> Command {
     let mut command = Command::new("setpriv");
-    command
-        .args(["--pdeathsig", "TERM", "--"])
-        .arg(program)
-        .kill_on_drop(true);
+    command.args(["--pdeathsig", "TERM", "--"]).arg(program);
     command
 }
 
