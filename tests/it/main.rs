@@ -1,9 +1,11 @@
 //! pgpush's integration tests: one binary, a module per area, real PostgreSQL and processes.
 
 mod bad_input;
+mod browser;
 mod cluster;
 mod commands;
 mod delivery;
+mod demo;
 mod deploy;
 mod durable;
 mod durable_faults;

@@ -30,7 +30,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn up_serves_through_nginx_and_stops_everything_on_ctrl_c() {
+async fn up_with_the_demo_serves_through_nginx_and_stops_everything_on_ctrl_c() {
     let listen = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -44,6 +44,9 @@ async fn up_serves_through_nginx_and_stops_everything_on_ctrl_c() {
             "http",
             "--listen",
             &listen.to_string(),
+            "--demo",
+            "--people",
+            "5",
         ])
         .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
@@ -104,6 +107,19 @@ async fn up_serves_through_nginx_and_stops_everything_on_ctrl_c() {
         client.next_message(SOON).await["data"],
         json!({"hello": "world"})
     );
+    // The location demo: set up, served by every node, and moving.
+    assert!(field("map").starts_with(&format!("http://{listen}/demo/map")));
+    pgpush_tests::wait_until(SOON, "the simulator placed 5 people", || async {
+        let people = http::get(listen, "/demo/people").await;
+        people.status == 200 && people.json().as_array().is_some_and(|p| p.len() == 5)
+    })
+    .await;
+    let mut watcher =
+        WsClient::connect(&format!("ws://{listen}/v1/ws?channel=person_updated")).await;
+    assert_eq!(watcher.next_json(SOON).await["type"], "subscribed");
+    let moved = watcher.next_message(SOON).await;
+    assert_eq!(moved["data"]["loc"]["type"], "Point", "{moved}");
+    assert!(moved["cursor"].is_string(), "moves are durable: {moved}");
     let nodes = format!("@{pid}");
     assert_eq!(
         processes_mentioning(&nodes).len(),

@@ -230,8 +230,10 @@ fn workspace_binary(package: &str, name: &str) -> PathBuf {
         .to_path_buf();
     let binary = profile_dir.join(name);
     let built = fs::metadata(&binary).and_then(|m| m.modified()).ok();
-    let newest_source =
-        newest_mtime(&workspace.join("crates")).max(newest_mtime(&workspace.join("loadtest")));
+    let newest_source = ["crates", "loadtest", "clients"]
+        .iter()
+        .filter_map(|dir| newest_mtime(&workspace.join(dir)))
+        .max();
     if built.is_none_or(|built| newest_source.is_some_and(|source| source > built)) {
         let mut build =
             std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));

@@ -3,6 +3,7 @@
 //! Nothing here is mocked. A test that cannot find PostgreSQL (or, later, nginx) fails with the
 //! command that installs it; it never skips.
 
+pub mod browser;
 pub mod durable;
 pub mod edge;
 pub mod http;
@@ -14,6 +15,7 @@ pub mod ws;
 
 use std::{future::Future, time::Duration};
 
+pub use browser::{Browser, Page};
 pub use edge::{Edge, EdgeOptions};
 pub use nginx::Nginx;
 pub use postgres::TestPostgres;

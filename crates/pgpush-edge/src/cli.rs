@@ -7,6 +7,8 @@ use std::{
 
 use pgpush_pg::{ConnectOptions, Listener, ListenerState, NotificationSink, Publisher};
 use pgpush_protocol::Channel;
+
+use crate::config::{DatabaseArgs, DemoArgs, DemoCommand, SimulateArgs};
 use tokio_util::sync::CancellationToken;
 
 /// A failure of a command, printed as one line by `main`.
@@ -26,6 +28,9 @@ pub enum CommandError {
     /// The database refused or failed.
     #[error("{0}")]
     Database(#[from] pgpush_pg::Error),
+    /// The location demo could not be set up or run.
+    #[error("{0}")]
+    Demo(#[from] pgpush_demo::DemoError),
 }
 
 /// Prints each notification as the original C listener did.
@@ -144,4 +149,74 @@ pub async fn probe(url: &str) -> bool {
         tokio::time::timeout(std::time::Duration::from_secs(3), attempt).await,
         Ok(Some(true))
     )
+}
+
+/// `pgpush demo setup|simulate`.
+pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> Result<(), CommandError> {
+    let connect = |database: DatabaseArgs| -> Result<ConnectOptions, CommandError> {
+        let url = database.database_url.ok_or(CommandError::NoDatabase)?;
+        Ok(ConnectOptions::parse(&url)?)
+    };
+    match args.command {
+        DemoCommand::Setup { notify, database } => {
+            let options = connect(database)?;
+            let trigger = if notify {
+                pgpush_demo::Trigger::Notify
+            } else {
+                pgpush_demo::Trigger::Durable
+            };
+            demo_setup(&options, trigger).await?;
+            println!("the location demo is set up: open /demo/map on a node started with --demo");
+        }
+        DemoCommand::Simulate { simulate, database } => {
+            let options = connect(database)?;
+            eprintln!(
+                "pgpush demo: moving {} people, {} moves per second (Ctrl-C stops)",
+                simulate.people, simulate.rate
+            );
+            let moves = demo_simulate(&options, &simulate, shutdown).await?;
+            println!("pgpush demo: {moves} moves");
+        }
+    }
+    Ok(())
+}
+
+/// Installs the location demo (and, for the durable trigger, the `pgpush` schema it needs).
+pub async fn demo_setup(
+    options: &ConnectOptions,
+    trigger: pgpush_demo::Trigger,
+) -> Result<(), CommandError> {
+    if trigger == pgpush_demo::Trigger::Durable {
+        crate::migrate(options).await?;
+    }
+    let client = demo_connect(options).await?;
+    pgpush_demo::setup(&client, trigger).await?;
+    Ok(())
+}
+
+/// Runs the people simulator until `shutdown` (or its move limit); returns the moves made.
+pub async fn demo_simulate(
+    options: &ConnectOptions,
+    args: &SimulateArgs,
+    shutdown: CancellationToken,
+) -> Result<u64, CommandError> {
+    let client = demo_connect(options).await?;
+    let simulate = pgpush_demo::SimulateOptions {
+        people: args.people,
+        rate: args.rate,
+        speedup: args.speedup,
+        area: pgpush_demo::Area::default(),
+        moves: args.moves,
+    };
+    Ok(pgpush_demo::simulate(&client, &simulate, shutdown).await?)
+}
+
+async fn demo_connect(options: &ConnectOptions) -> Result<tokio_postgres::Client, CommandError> {
+    let (client, connection) = options
+        .pool()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(pgpush_demo::DemoError::from)?;
+    tokio::spawn(connection);
+    Ok(client)
 }

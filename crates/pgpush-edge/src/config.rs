@@ -31,6 +31,56 @@ pub enum CliCommand {
     NginxConfig(NginxConfigArgs),
     /// Exit 0 when GET <url> answers 200 (a container health check without curl).
     Probe(ProbeArgs),
+    /// The location demo: install its PostGIS table and trigger, or move people around.
+    Demo(DemoArgs),
+}
+
+/// `pgpush demo`
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: DemoCommand,
+}
+
+/// `pgpush demo <command>`
+#[derive(Debug, Clone, Subcommand)]
+pub enum DemoCommand {
+    /// Install PostGIS, the `person` table and its trigger (again to switch triggers).
+    Setup {
+        /// Publish with plain `pg_notify`, as the original did, instead of `pgpush.publish`.
+        #[arg(long)]
+        notify: bool,
+        /// Database connection.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Move people around with UPDATEs until Ctrl-C.
+    Simulate {
+        /// How.
+        #[command(flatten)]
+        simulate: SimulateArgs,
+        /// Database connection.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// `pgpush demo simulate`
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// People to move (missing ones are inserted).
+    #[arg(long, default_value_t = 20)]
+    pub people: usize,
+    /// Moves per second, over all people.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// How much faster than real time people move.
+    #[arg(long, default_value_t = 10.0)]
+    pub speedup: f64,
+    /// Stop after this many moves.
+    #[arg(long)]
+    pub moves: Option<u64>,
 }
 
 /// `pgpush probe`
@@ -61,6 +111,12 @@ pub struct UpArgs {
     /// Database connection.
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// Also run the location demo: install it, serve its snapshot, and move people around.
+    #[arg(long)]
+    pub demo: bool,
+    /// With `--demo`: how people are moved.
+    #[command(flatten)]
+    pub simulate: SimulateArgs,
     /// Extra `pgpush serve` arguments for every node, after `--`.
     #[arg(last = true)]
     pub node_args: Vec<String>,
@@ -167,6 +223,10 @@ pub struct ServeConfig {
     /// Peers whose `X-Forwarded-For` (and PROXY protocol header) is believed (IP addresses or CIDR networks, comma-separated).
     #[arg(long = "trusted-proxy", env = "PGPUSH_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Serve the location demo's snapshot at `/demo/people` (run `pgpush demo setup` first).
+    #[arg(long, env = "PGPUSH_DEMO")]
+    pub demo: bool,
 
     /// The Hippie compatibility routes.
     #[command(flatten)]

@@ -139,6 +139,9 @@ impl Durable {
             if rows.is_empty() {
                 return Ok(head);
             }
+            self.stats
+                .messages_in
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
             self.resolve_waiters(&rows);
             let messages = rows
                 .into_iter()

@@ -15,7 +15,7 @@ use pgpush_protocol::{Channel, ErrorCode, http_error_body};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{Node, hippie, policy, publish, transport};
+use crate::{Node, assets, hippie, policy, publish, transport};
 
 /// Every response body: full bytes or a stream.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -85,6 +85,13 @@ pub(crate) async fn route(
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     let conn_for_log = conn.clone();
+    if let Some(page) = assets::get(&path) {
+        return Ok(if method == Method::GET || method == Method::HEAD {
+            page
+        } else {
+            not_allowed(&method).into_response()
+        });
+    }
     let result = match (&method, path.as_str()) {
         (_, p) if node.hippie.as_ref().is_some_and(|h| h.owns(p)) => {
             let rest = node
@@ -100,15 +107,18 @@ pub(crate) async fn route(
             StatusCode::OK,
             Bytes::from(serde_json::to_vec(&node.stats_snapshot()).unwrap_or_default()),
         )),
+        (&Method::GET, "/demo/people") => demo_people(&node).await,
         (&Method::GET, "/v1/ws") => transport::ws::upgrade(node, conn, request),
         (&Method::GET, "/v1/sse") => transport::sse::open(node, conn, request).await,
         (&Method::GET, "/v1/poll") => transport::poll::poll(node, conn, request).await,
         (&Method::POST, p) if p.starts_with("/v1/publish/") => {
             publish::http_publish(node, request, &p["/v1/publish/".len()..]).await
         }
-        (_, "/healthz" | "/readyz" | "/v1/stats" | "/v1/ws" | "/v1/sse" | "/v1/poll") => {
-            Err(not_allowed(&method))
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/v1/stats" | "/v1/ws" | "/v1/sse" | "/v1/poll"
+            | "/demo/people",
+        ) => Err(not_allowed(&method)),
         (_, p) if p.starts_with("/v1/publish/") => Err(not_allowed(&method)),
         _ => Err(ApiError::new(
             ErrorCode::NotFound,
@@ -119,6 +129,30 @@ pub(crate) async fn route(
         debug!(code = %error.code, reason = %error.reason, %method, %path, peer = %conn_for_log.peer, "request refused");
         error.into_response()
     }))
+}
+
+/// The location demo's people, for the map page to start from (nodes started with `--demo`).
+async fn demo_people(node: &Node) -> Result<Response<Body>, ApiError> {
+    if !node.config.demo {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "the location demo is off on this node (start it with --demo)",
+        ));
+    }
+    let client = node.publisher.client().await.map_err(|error| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            format!("database unavailable: {error}"),
+        )
+    })?;
+    let people = pgpush_demo::people(&client).await.map_err(|error| {
+        debug!(%error, "demo snapshot failed");
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "the location demo is not set up in this database (run `pgpush demo setup`)",
+        )
+    })?;
+    Ok(json(StatusCode::OK, Bytes::from(people)))
 }
 
 fn not_allowed(method: &Method) -> ApiError {

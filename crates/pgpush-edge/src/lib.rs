@@ -3,6 +3,7 @@
 //! `main.rs` only parses configuration and calls into this library, so tests and the binary
 //! run the same code.
 
+mod assets;
 pub mod cli;
 pub mod config;
 mod drain;

@@ -118,6 +118,7 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
                 print!("{}", config.render());
                 Ok(())
             }
+            CliCommand::Demo(args) => cli::demo(args, shutdown).await.map_err(command_error),
             CliCommand::Notify(args) => {
                 cli::notify(args.database.database_url, &args.channel, &args.payload)
                     .await
@@ -134,7 +135,7 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
 fn command_error(error: cli::CommandError) -> (u8, anyhow::Error) {
     let code = match error {
         cli::CommandError::NoDatabase | cli::CommandError::BadChannel { .. } => EXIT_CONFIG,
-        cli::CommandError::Database(_) => 1,
+        cli::CommandError::Database(_) | cli::CommandError::Demo(_) => 1,
     };
     (code, error.into())
 }
@@ -163,7 +164,8 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

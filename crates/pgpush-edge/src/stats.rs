@@ -34,7 +34,7 @@ pub struct Stats {
     pub poll: AtomicU64,
     /// Current (connection, channel) subscriptions.
     pub subscriptions: AtomicU64,
-    /// Notifications received from PostgreSQL.
+    /// Messages received from PostgreSQL: notifications, and durable events read.
     pub messages_in: AtomicU64,
     /// Messages written to clients.
     pub messages_out: AtomicU64,

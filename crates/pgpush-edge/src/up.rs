@@ -44,12 +44,16 @@ pub async fn up(
     database_url: String,
     shutdown: CancellationToken,
 ) -> Result<(), UpError> {
-    crate::migrate(
-        &pgpush_pg::ConnectOptions::parse(&database_url)
-            .map_err(|e| UpError::Start(e.to_string()))?,
-    )
-    .await
-    .map_err(|e| UpError::Start(format!("migration failed: {e}")))?;
+    let options = pgpush_pg::ConnectOptions::parse(&database_url)
+        .map_err(|e| UpError::Start(e.to_string()))?;
+    crate::migrate(&options)
+        .await
+        .map_err(|e| UpError::Start(format!("migration failed: {e}")))?;
+    if args.demo {
+        crate::cli::demo_setup(&options, pgpush_demo::Trigger::Durable)
+            .await
+            .map_err(|e| UpError::Start(format!("the location demo: {e}")))?;
+    }
     let workdir = tempfile::Builder::new().prefix("pgpush-up-").tempdir()?;
     let nginx = find_nginx(&args.nginx);
     let nodes_wanted = if nginx.is_some() {
@@ -79,6 +83,15 @@ pub async fn up(
     match result {
         Ok(summary) => {
             println!("{summary}");
+            if args.demo {
+                let simulate = args.simulate.clone();
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = crate::cli::demo_simulate(&options, &simulate, stop).await {
+                        eprintln!("pgpush up: the people simulator stopped: {error}");
+                    }
+                });
+            }
             println!("Press Ctrl-C to stop (everything started here is removed).");
             wait_for_stop(&mut owned, &shutdown).await;
         }
@@ -116,6 +129,9 @@ async fn start_all(
         command
             .args(["serve", "--listen", &listen, "--database-url", database_url])
             .args(["--node-id", &format!("{name}@{}", std::process::id())]);
+        if args.demo {
+            command.arg("--demo");
+        }
         if nginx.is_some() {
             command.args(["--trusted-proxy", "127.0.0.1"]);
             if proxy_protocol {
@@ -202,6 +218,16 @@ async fn start_all(
     lines.push(format!(
         "  publish     curl -X POST {base}/v1/publish/<name> -d '{{\"hello\":\"world\"}}'"
     ));
+    lines.push(format!(
+        "  pages       {base}/  {base}/stats  {base}/demo/chat"
+    ));
+    if args.demo {
+        lines.push(format!(
+            "  map         {base}/demo/map  ({} people, {} moves/s)",
+            args.simulate.people, args.simulate.rate
+        ));
+    }
+    lines.push(format!("  client      {base}/pgpush.js"));
     lines.push(format!("  stats       {base}/v1/stats"));
     lines.push(format!("  Hippie      {base}/_hippie/stats"));
     lines.push(format!("  database    {database_url}"));

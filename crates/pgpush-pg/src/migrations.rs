@@ -17,6 +17,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "positions of Hippie clients",
         include_str!("../migrations/0002_hippie_positions.sql"),
     ),
+    (
+        3,
+        "cache invalidation: watch_table",
+        include_str!("../migrations/0003_watch_table.sql"),
+    ),
 ];
 
 /// Advisory lock that serialises concurrent `migrate` runs (several nodes starting at once).

@@ -44,6 +44,11 @@ impl Publisher {
         Ok(())
     }
 
+    /// A pooled connection for other queries (returned to the pool when dropped).
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
+        Ok(self.pool.get().await?)
+    }
+
     /// The durable events table, through the same pool.
     pub fn events(&self) -> crate::EventStore {
         crate::EventStore::new(self.pool.clone())

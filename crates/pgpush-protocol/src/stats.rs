@@ -17,7 +17,7 @@ pub struct StatsSnapshot {
     pub subscriptions: u64,
     /// Channels this node currently LISTENs to.
     pub channels_listened: u64,
-    /// Notifications received from PostgreSQL.
+    /// Messages received from PostgreSQL: notifications, and durable events read.
     pub messages_in: u64,
     /// Messages written to clients.
     pub messages_out: u64,

@@ -1,0 +1,83 @@
+// Types for pgpush.js, the pgpush browser client.
+
+/** A transport the client can use, in the order it tries them by default. */
+export type Transport = 'websocket' | 'sse' | 'poll';
+
+/** Any JSON value. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+export interface PgPushOptions {
+  /** The pgpush server (or nginx in front of it); default: the page's origin. */
+  url?: string | URL;
+  /** Channels to subscribe to at connect. */
+  channels?: Iterable<string>;
+  /** Resume after this cursor (the last durable message a previous client saw). */
+  cursor?: string | null;
+  /** Transports to try, in order; default `['websocket', 'sse', 'poll']`. */
+  transports?: Transport[];
+  /** Connect in the constructor; default true. */
+  autoConnect?: boolean;
+  /** Reconnect backoff bounds (jittered, doubling per failure); default 250 and 15000. */
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+  /** A connection that is not live within this long counts as failed; default 5000. */
+  connectTimeoutMs?: number;
+  /** How long a long poll waits for a message (0 to 25); default 25. */
+  pollWaitSeconds?: number;
+  /** How long a WebSocket publish waits for its acknowledgement; default 10000. */
+  publishTimeoutMs?: number;
+}
+
+/** A message on a subscribed channel. */
+export interface PgPushMessage {
+  channel: string;
+  /** The payload: the published JSON value, or the text as a string when it was not JSON. */
+  data: Json;
+  /** Set on durable messages: their position; the client resumes after it. */
+  cursor?: string;
+}
+
+export interface PgPushEvents {
+  message: PgPushMessage;
+  /** The subscription is live on `transport`. */
+  connected: { transport: Transport };
+  /** The live connection ended; the client reconnects in `retryInMs`. */
+  disconnected: { transport: Transport; code: number; reason: string; retryInMs: number };
+  /** The cursor was older than the server's retention: reload your state. */
+  reset: { reason: string };
+  error: PgPushError;
+}
+
+/** A refusal from the server or a local failure; `code` as in docs/protocol.md. */
+export class PgPushError extends Error {
+  constructor(code: string, reason: string, status?: number);
+  readonly code: string;
+  readonly reason: string;
+  /** The HTTP status, for refusals of HTTP requests. */
+  readonly status?: number;
+}
+
+export class PgPush {
+  constructor(options?: PgPushOptions);
+  /** `idle`, `connecting`, `connected` or `closed`. */
+  readonly state: 'idle' | 'connecting' | 'connected' | 'closed';
+  /** The transport of the live connection, or null. */
+  readonly transport: Transport | null;
+  /** The position of the last durable message received (resume point). */
+  cursor: string | null;
+  /** The subscribed channels. */
+  readonly channels: ReadonlySet<string>;
+  readonly url: URL;
+  on<E extends keyof PgPushEvents>(event: E, handler: (detail: PgPushEvents[E]) => void): () => void;
+  off<E extends keyof PgPushEvents>(event: E, handler: (detail: PgPushEvents[E]) => void): void;
+  connect(): void;
+  close(): void;
+  subscribe(channels: string | string[]): void;
+  unsubscribe(channels: string | string[]): void;
+  /** Publishes a JSON value; resolves to the event's cursor for durable publishes. */
+  publish(
+    channel: string,
+    data: Json,
+    options?: { mode?: 'durable' | 'ephemeral' },
+  ): Promise<{ cursor?: string }>;
+}

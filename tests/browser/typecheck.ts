@@ -1,0 +1,39 @@
+// Compiled (not run) by the browser tests: pgpush.d.ts must type a normal use of the client and
+// reject misuse (each @ts-expect-error line must be an error).
+import { PgPush, PgPushError, type PgPushMessage, type Transport } from '../../clients/js/pgpush.js';
+
+const client = new PgPush({ url: 'http://127.0.0.1:8080', channels: ['chat'], transports: ['sse', 'poll'] });
+const off: () => void = client.on('message', (message: PgPushMessage) => {
+  const channel: string = message.channel;
+  const cursor: string | undefined = message.cursor;
+  console.log(channel, cursor, message.data);
+});
+off();
+client.on('connected', ({ transport }) => {
+  const name: Transport = transport;
+  console.log(name);
+});
+client.on('disconnected', ({ code, retryInMs }) => console.log(code + retryInMs));
+client.on('error', (error) => {
+  const failure: PgPushError = error;
+  console.log(failure.code, failure.reason, failure.status);
+});
+client.subscribe(['a', 'b']);
+client.unsubscribe('a');
+async function send(): Promise<string | undefined> {
+  const { cursor } = await client.publish('chat', { text: 'hi', n: [1, 2, null] }, { mode: 'ephemeral' });
+  return cursor;
+}
+void send();
+const state: 'idle' | 'connecting' | 'connected' | 'closed' = client.state;
+console.log(state, client.transport, client.cursor);
+client.close();
+
+// @ts-expect-error: not a transport
+new PgPush({ transports: ['carrier-pigeon'] });
+// @ts-expect-error: not an event
+client.on('gone', () => {});
+// @ts-expect-error: functions are not JSON
+void client.publish('chat', () => 1);
+// @ts-expect-error: not a mode
+void client.publish('chat', 1, { mode: 'forever' });

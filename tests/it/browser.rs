@@ -1,0 +1,509 @@
+//! The pages and pgpush.js in a real headless Chromium: the map follows the `person` table, the
+//! chat delivers once to every page, the client falls back and survives a killed node.
+
+use std::time::{Duration, Instant};
+
+use pgpush_tests::{
+    Browser, Edge, EdgeOptions, Nginx, Page, TestPostgres, browser::screenshot_path,
+    edge::pgpush_binary, http,
+};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::SOON;
+
+/// A cluster with the location demo installed by `pgpush demo setup` (schema and trigger).
+async fn demo_database() -> TestPostgres {
+    let postgres = TestPostgres::start();
+    let output = Command::new(pgpush_binary())
+        .args(["demo", "setup", "--database-url", &postgres.url()])
+        .output()
+        .await
+        .expect("run pgpush demo setup");
+    assert!(
+        output.status.success(),
+        "pgpush demo setup failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    postgres
+}
+
+const CONNECTED: &str = "window.pgpushDemo?.client.state === 'connected'";
+
+/// `{lat, lon, left, top, expectedLeft, expectedTop, hidden}` of person `id`'s marker, read from
+/// the page: its data attributes, its CSS position, and where the map projects its location.
+async fn marker(browser: &mut Browser, page: &Page, id: i32) -> Value {
+    browser
+        .eval(
+            page,
+            &format!(
+                "(() => {{
+                    const m = document.querySelector('.marker[data-id=\"{id}\"]');
+                    if (!m) return null;
+                    const lat = parseFloat(m.dataset.lat), lon = parseFloat(m.dataset.lon);
+                    const p = m.hidden ? null : window.pgpushDemo.map.project(lat, lon);
+                    return {{ lat, lon, hidden: m.hidden,
+                              left: parseFloat(m.style.left), top: parseFloat(m.style.top),
+                              expectedLeft: p?.x, expectedTop: p?.y }};
+                }})()"
+            ),
+        )
+        .await
+}
+
+fn assert_placed(marker: &Value, latitude: f64, longitude: f64) {
+    let number = |key: &str| marker[key].as_f64().unwrap_or(f64::NAN);
+    assert!((number("lat") - latitude).abs() < 1e-9, "{marker}");
+    assert!((number("lon") - longitude).abs() < 1e-9, "{marker}");
+    assert!(
+        (number("left") - number("expectedLeft")).abs() < 0.1,
+        "{marker}"
+    );
+    assert!(
+        (number("top") - number("expectedTop")).abs() < 0.1,
+        "{marker}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn map_markers_follow_updates_and_inserts_in_the_person_table() {
+    let postgres = demo_database().await;
+    let db = postgres.client().await;
+    db.batch_execute(
+        "INSERT INTO person (name, loc) VALUES
+             ('Ada', 'POINT(4.8900 52.3700)'), ('Bram', 'POINT(4.9000 52.3750)'), ('Nobody', NULL)",
+    )
+    .await
+    .unwrap();
+    let edge = Edge::start_with(&postgres.url(), EdgeOptions::args(&["--demo"])).await;
+    let mut browser = Browser::start().await;
+    let page = browser.new_page(None).await;
+    browser
+        .goto(&page, &format!("http://{}/demo/map", edge.address()))
+        .await;
+    browser
+        .wait_for(
+            &page,
+            &format!("{CONNECTED} && document.querySelectorAll('.marker').length === 3"),
+            SOON,
+        )
+        .await;
+    let ada = marker(&mut browser, &page, 1).await;
+    assert_placed(&ada, 52.37, 4.89);
+    assert_eq!(marker(&mut browser, &page, 3).await["hidden"], true);
+    assert_eq!(
+        browser
+            .eval(
+                &page,
+                "document.querySelector('#people li[data-id=\"3\"] .where').textContent"
+            )
+            .await,
+        "location unknown"
+    );
+
+    // A move in PostgreSQL moves the marker on the open page within 2 s.
+    db.execute(
+        "UPDATE person SET loc = 'POINT(4.8952 52.3702)' WHERE id = 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    let committed = Instant::now();
+    browser
+        .wait_for(
+            &page,
+            "Math.abs(document.querySelector('.marker[data-id=\"1\"]').dataset.lon - 4.8952) < 1e-9",
+            Duration::from_secs(2),
+        )
+        .await;
+    assert!(committed.elapsed() < Duration::from_secs(2));
+    let moved = marker(&mut browser, &page, 1).await;
+    assert_placed(&moved, 52.3702, 4.8952);
+    let shift = moved["left"].as_f64().unwrap() - ada["left"].as_f64().unwrap();
+    assert!(
+        shift > 5.0,
+        "moved 0.0052° east: the marker moved {shift} px"
+    );
+
+    // An insert adds a marker; a person given a location appears.
+    let id: i32 = db
+        .query_one(
+            "INSERT INTO person (name, loc) VALUES ('Chloé', 'POINT(4.8800 52.3720)') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.execute(
+        "UPDATE person SET loc = 'POINT(4.8850 52.3690)' WHERE id = 3",
+        &[],
+    )
+    .await
+    .unwrap();
+    let inserted = Instant::now();
+    browser
+        .wait_for(
+            &page,
+            &format!(
+                "document.querySelectorAll('.marker').length === 4
+                 && document.querySelector('.marker[data-id=\"{id}\"]')
+                 && !document.querySelector('.marker[data-id=\"3\"]').hidden"
+            ),
+            Duration::from_secs(2),
+        )
+        .await;
+    assert!(inserted.elapsed() < Duration::from_secs(2));
+    assert_placed(&marker(&mut browser, &page, id).await, 52.372, 4.88);
+    assert_placed(&marker(&mut browser, &page, 3).await, 52.369, 4.885);
+    assert_eq!(
+        browser
+            .eval(
+                &page,
+                &format!("document.querySelector('.marker[data-id=\"{id}\"] .label').textContent")
+            )
+            .await,
+        "Chloé"
+    );
+    browser.screenshot(&page, &screenshot_path("map.png")).await;
+}
+
+/// A JavaScript condition: some chat line on the page reads exactly `text`.
+fn chat_line_shown(text: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#messages .text')].some((e) => e.textContent === {})",
+        json!(text)
+    )
+}
+
+/// Number of chat lines reading exactly `text` on `page`.
+async fn chat_lines(browser: &mut Browser, page: &Page, text: &str) -> u64 {
+    browser
+        .eval(
+            page,
+            &format!(
+                "[...document.querySelectorAll('#messages .text')].filter((e) => e.textContent === {}).length",
+                json!(text)
+            ),
+        )
+        .await
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_message_appears_once_in_every_page_including_the_senders() {
+    let postgres = TestPostgres::start();
+    let edge = Edge::start(&postgres.url()).await;
+    let mut browser = Browser::start().await;
+    let url = format!("http://{}/demo/chat", edge.address());
+    let alice = browser.new_page(None).await;
+    let bob = browser.new_page(None).await;
+    for (page, nick) in [(&alice, "alice"), (&bob, "bob")] {
+        browser.goto(page, &url).await;
+        browser.fill(page, "#nick", nick).await;
+        browser.wait_for(page, CONNECTED, SOON).await;
+    }
+    let text = format!("hello from alice {}", std::process::id());
+    browser.fill(&alice, "#text", &text).await;
+    browser.press(&alice, "#text", "Enter").await;
+    for page in [&alice, &bob] {
+        browser.wait_for(page, &chat_line_shown(&text), SOON).await;
+    }
+    // Nothing arrives twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(chat_lines(&mut browser, &alice, &text).await, 1);
+    assert_eq!(chat_lines(&mut browser, &bob, &text).await, 1);
+    let mine = "[...document.querySelectorAll('#messages li')].at(-1).classList.contains('mine')";
+    assert_eq!(browser.eval(&alice, mine).await, true);
+    assert_eq!(browser.eval(&bob, mine).await, false);
+    assert_eq!(
+        browser
+            .eval(&alice, "document.querySelector('#text').value")
+            .await,
+        "",
+        "the input is cleared once sent"
+    );
+
+    // A NOTIFY from any session shows up too, as the original's chat did.
+    postgres.notify("chat", "hello from psql").await;
+    for page in [&alice, &bob] {
+        browser
+            .wait_for(
+                page,
+                "[...document.querySelectorAll('#messages li')].some((e) =>
+                    e.querySelector('.text').textContent === 'hello from psql'
+                    && e.querySelector('.meta').textContent.includes('ephemeral'))",
+                SOON,
+            )
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_falls_back_to_sse_then_long_poll_when_transports_are_missing_or_blocked() {
+    let postgres = TestPostgres::start();
+    let edge = Edge::start(&postgres.url()).await;
+    let mut browser = Browser::start().await;
+    let url = format!("http://{}/demo/chat", edge.address());
+    let cases = [
+        ("window.WebSocket = undefined;", "sse"),
+        // A WebSocket that a proxy blocks: every attempt fails; the client gives it up.
+        (
+            "const Real = window.WebSocket;
+             window.WebSocket = class extends Real { constructor() { super('ws://127.0.0.1:9/blocked'); } };",
+            "sse",
+        ),
+        (
+            "window.WebSocket = undefined; window.EventSource = undefined;",
+            "poll",
+        ),
+    ];
+    for (index, (init_script, transport)) in cases.into_iter().enumerate() {
+        let page = browser.new_page(Some(init_script)).await;
+        browser.goto(&page, &url).await;
+        browser
+            .wait_for(
+                &page,
+                &format!("{CONNECTED} && window.pgpushDemo.client.transport === '{transport}'"),
+                SOON,
+            )
+            .await;
+        let text = format!("over {transport}, case {index}");
+        let body = json!({"type": "chat", "nick": "curl", "text": text}).to_string();
+        let response = http::post(edge.address(), "/v1/publish/chat", body).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        browser.wait_for(&page, &chat_line_shown(&text), SOON).await;
+        // Publishing from the page works without a WebSocket (an HTTP POST).
+        let own = format!("typed over {transport}, case {index}");
+        browser.fill(&page, "#text", &own).await;
+        browser.press(&page, "#text", "Enter").await;
+        browser.wait_for(&page, &chat_line_shown(&own), SOON).await;
+        browser.close(&page).await;
+    }
+}
+
+/// Publishes `first..=last` on `seq` as durable events, one transaction each, `gap` apart.
+async fn publish_sequence(postgres: &TestPostgres, first: i32, last: i32, gap: Duration) {
+    let db = postgres.client().await;
+    for n in first..=last {
+        db.execute("SELECT pgpush.publish('seq', $1::text)", &[&n.to_string()])
+            .await
+            .unwrap();
+        tokio::time::sleep(gap).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_reconnects_through_nginx_after_its_node_is_killed_without_a_gap() {
+    let postgres = TestPostgres::start();
+    let mut nodes = [
+        Edge::start(&postgres.url()).await,
+        Edge::start(&postgres.url()).await,
+    ];
+    let addresses: Vec<_> = nodes.iter().map(Edge::address).collect();
+    let nginx = Nginx::start("http", &addresses, false).await;
+    let mut browser = Browser::start().await;
+    let page = browser.new_page(None).await;
+    browser
+        .goto(&page, &format!("http://{}/", nginx.address()))
+        .await;
+    browser
+        .eval(
+            &page,
+            "(async () => {
+                const { PgPush } = await import('/pgpush.js');
+                window.received = [];
+                window.connects = [];
+                window.seq = new PgPush({ channels: ['seq'] });
+                seq.on('message', (m) => received.push(m.data));
+                seq.on('connected', (e) => connects.push(e.transport));
+                return true;
+            })()",
+        )
+        .await;
+    browser
+        .wait_for(&page, "window.seq.state === 'connected'", SOON)
+        .await;
+    publish_sequence(&postgres, 1, 10, Duration::ZERO).await;
+    browser
+        .wait_for(&page, "window.received.length >= 10", SOON)
+        .await;
+
+    // SIGKILL the node holding the page's WebSocket while events keep being published.
+    let mut holder = None;
+    for (index, node) in nodes.iter().enumerate() {
+        if node.stats().await.connections.websocket == 1 {
+            holder = Some(index);
+        }
+    }
+    let holder = holder.expect("one node holds the page's WebSocket");
+    let publisher = tokio::spawn({
+        let postgres_url = postgres.url();
+        async move {
+            let (db, connection) = tokio_postgres::connect(&postgres_url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            for n in 11..=40 {
+                db.execute("SELECT pgpush.publish('seq', $1::text)", &[&n.to_string()])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nodes[holder].kill().await;
+    publisher.await.unwrap();
+    browser
+        .wait_for(&page, "window.received.length >= 40", SOON)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = browser.eval(&page, "window.received").await;
+    let expected: Vec<Value> = (1..=40).map(|n| json!(n)).collect();
+    assert_eq!(
+        received,
+        json!(expected),
+        "every durable message once, in order"
+    );
+    let connects = browser.eval(&page, "window.connects").await;
+    assert!(
+        connects.as_array().unwrap().len() >= 2,
+        "the page reconnected: {connects}"
+    );
+    assert_eq!(
+        nodes[1 - holder].stats().await.connections.websocket,
+        1,
+        "the surviving node holds the page now"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_page_shows_live_numbers_while_the_simulator_runs() {
+    let postgres = demo_database().await;
+    let edge = Edge::start_with(&postgres.url(), EdgeOptions::args(&["--demo"])).await;
+    let mut simulator = Command::new(pgpush_binary())
+        .args(["demo", "simulate", "--people", "8", "--rate", "20"])
+        .args(["--database-url", &postgres.url()])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the simulator");
+    let mut browser = Browser::start().await;
+    let map = browser.new_page(None).await;
+    browser
+        .goto(&map, &format!("http://{}/demo/map", edge.address()))
+        .await;
+    browser.wait_for(&map, CONNECTED, SOON).await;
+    let stats = browser.new_page(None).await;
+    browser
+        .goto(&stats, &format!("http://{}/stats", edge.address()))
+        .await;
+    let number = |id: &str| {
+        format!("parseFloat(document.getElementById('{id}').textContent.replace(/,/g, ''))")
+    };
+    browser
+        .wait_for(
+            &stats,
+            &format!(
+                "{} >= 1 && {} > 0 && {} > 0",
+                number("total-connections"),
+                number("total-in-rate"),
+                number("total-out-rate")
+            ),
+            SOON,
+        )
+        .await;
+    let row = browser
+        .eval(
+            &stats,
+            "Object.fromEntries([...document.querySelectorAll('#nodes tr td')].map((td) => [td.dataset.field, td.textContent]))",
+        )
+        .await;
+    assert_eq!(row["listener"], "up", "{row}");
+    assert_eq!(row["websocket"], "1", "{row}");
+    assert_ne!(row["channels_listened"], "0", "{row}");
+    // Let the chart draw a few seconds of history before the picture.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    browser
+        .screenshot(&stats, &screenshot_path("stats.png"))
+        .await;
+    browser
+        .screenshot(&map, &screenshot_path("map-simulated.png"))
+        .await;
+    simulator.start_kill().unwrap();
+    let _ = simulator.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_serves_the_client_library_and_the_pages() {
+    let postgres = TestPostgres::start();
+    let edge = Edge::start(&postgres.url()).await;
+    let client = http::get(edge.address(), "/pgpush.js").await;
+    assert_eq!(client.status, 200);
+    assert_eq!(
+        client.headers["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(
+        client.text(),
+        include_str!("../../clients/js/pgpush.js"),
+        "served byte for byte"
+    );
+    let types = http::get(edge.address(), "/pgpush.d.ts").await;
+    assert_eq!(types.text(), include_str!("../../clients/js/pgpush.d.ts"));
+    for (path, content_type) in [
+        ("/site.css", "text/css; charset=utf-8"),
+        ("/site.js", "text/javascript; charset=utf-8"),
+    ] {
+        let file = http::get(edge.address(), path).await;
+        assert_eq!(file.status, 200, "{path}");
+        assert_eq!(file.headers["content-type"], content_type, "{path}");
+    }
+    for path in ["/", "/stats", "/demo/map", "/demo/chat"] {
+        let page = http::get(edge.address(), path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert_eq!(
+            page.headers["content-type"], "text/html; charset=utf-8",
+            "{path}"
+        );
+        assert!(page.text().contains("<!doctype html>"), "{path}");
+    }
+    let refused = http::post(edge.address(), "/demo/map", "x").await;
+    assert_eq!(refused.status, 405);
+    assert_eq!(refused.json()["error"], "method_not_allowed");
+    // The snapshot is off unless the node runs the demo.
+    let off = http::get(edge.address(), "/demo/people").await;
+    assert_eq!(off.status, 404);
+    assert_eq!(off.json()["error"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn type_declarations_compile_against_a_typed_use_of_the_client() {
+    let dir = pgpush_tests::browser::browser_dir();
+    let tsc = dir.join("node_modules/.bin/tsc");
+    assert!(
+        tsc.is_file(),
+        "TypeScript is not installed in tests/browser: run `scripts/test --install-only`"
+    );
+    let output = Command::new(tsc)
+        .args([
+            "--noEmit", "--strict", "--target", "es2022", "--module", "es2022",
+        ])
+        .args([
+            "--moduleResolution",
+            "bundler",
+            "--lib",
+            "es2022,dom",
+            "typecheck.ts",
+        ])
+        .current_dir(&dir)
+        .output()
+        .await
+        .expect("run tsc");
+    assert!(
+        output.status.success(),
+        "tsc: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
