@@ -15,6 +15,7 @@ mod hippie_queue;
 mod hippie_wire;
 mod listen_set;
 mod loadtest;
+mod observability;
 mod reconnect;
 mod shutdown;
 mod slow_consumer;

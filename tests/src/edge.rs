@@ -42,6 +42,7 @@ impl EdgeOptions {
 pub struct Edge {
     child: Child,
     address: SocketAddr,
+    metrics_address: Option<SocketAddr>,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -82,8 +83,12 @@ impl Edge {
         let mut child = command.spawn().expect("spawn pgpush");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let mut metrics_address = None;
         let wait_for_address = async {
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(address) = line.strip_prefix("pgpush metrics on http://") {
+                    metrics_address = address.parse::<SocketAddr>().ok();
+                }
                 if let Some(address) = line.strip_prefix("pgpush listening on http://") {
                     return address.parse::<SocketAddr>().ok();
                 }
@@ -114,9 +119,20 @@ impl Edge {
         Edge {
             child,
             address,
+            metrics_address,
             log,
             _dir: dir,
         }
+    }
+
+    /// `/metrics`, from the metrics address when the node has one (`--metrics-listen`).
+    pub async fn metrics(&self) -> crate::Metrics {
+        crate::Metrics::scrape(self.metrics_address.unwrap_or(self.address)).await
+    }
+
+    /// The metrics address (`--metrics-listen`), if any.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_address
     }
 
     /// The address clients connect to.

@@ -196,6 +196,16 @@ pub struct ServeConfig {
     #[arg(long, env = "PGPUSH_SSE_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
     pub sse_keepalive: Duration,
 
+    /// Serve `/metrics`, `/healthz`, `/readyz` and `/v1/stats` on this separate address (and not
+    /// `/metrics` on the client port). It stays open through the drain, so a draining node can
+    /// still be scraped, and keeps metrics off the public port.
+    #[arg(long, env = "PGPUSH_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// How often `/metrics` samples PostgreSQL's side (NOTIFY queue usage, sequencer backlog).
+    #[arg(long, env = "PGPUSH_METRICS_SAMPLE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub metrics_sample_interval: Duration,
+
     /// How long a channel stays LISTENed after its last local subscriber left (spares PostgreSQL
     /// a LISTEN/UNLISTEN pair per long poll or reconnect); 0 UNLISTENs at once.
     #[arg(long, env = "PGPUSH_UNLISTEN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]

@@ -4,16 +4,16 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, OnceLock, atomic::Ordering},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use pgpush_pg::{EventRow, EventStore};
 use pgpush_protocol::{Channel, CursorError, CursorKey, ErrorCode, Message, Payload};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, debug_span, info, warn};
 
-use crate::{http::ApiError, hub::Hub, publish::database_error, stats::Stats};
+use crate::{http::ApiError, hub::Hub, publish::database_error, stats::Stats, telemetry};
 
 /// Events read per catch-up query.
 const CATCH_UP_BATCH: i64 = 1000;
@@ -45,6 +45,8 @@ pub(crate) struct Durable {
     key: OnceLock<CursorKey>,
     /// The head after each fan-out (`None` until started).
     head: watch::Sender<Option<i64>>,
+    /// True once the reader's first attempt to start has ended, started or not.
+    first_attempt: watch::Sender<bool>,
     wake: Arc<Notify>,
     stats: Arc<Stats>,
     /// Publishes waiting for their event's position, by event id (several when idempotent
@@ -81,6 +83,7 @@ impl Durable {
             config,
             key: OnceLock::new(),
             head: watch::channel(None).0,
+            first_attempt: watch::channel(false).0,
             wake,
             waiters: Mutex::new(HashMap::new()),
         }
@@ -95,6 +98,7 @@ impl Durable {
             match self.start().await {
                 Ok(head) => break head,
                 Err(error) => {
+                    self.first_attempt.send_replace(true);
                     if !warned {
                         warn!(%error, "durable channels unavailable until this succeeds; retrying");
                         warned = true;
@@ -109,6 +113,7 @@ impl Durable {
         info!(head = start, "durable reader started");
         self.hub.start_durable(start);
         self.head.send_replace(Some(start));
+        self.first_attempt.send_replace(true);
         let mut head = start;
         loop {
             match self.catch_up(head).await {
@@ -134,20 +139,16 @@ impl Durable {
     async fn catch_up(&self, mut head: i64) -> Result<i64, pgpush_pg::Error> {
         loop {
             self.stats.durable_queries.fetch_add(1, Ordering::Relaxed);
-            let rows = self.store.after(head, CATCH_UP_BATCH).await?;
+            let rows = self
+                .store
+                .after(head, CATCH_UP_BATCH)
+                .instrument(debug_span!("catch_up.query", kind = "reader", after = head))
+                .await?;
             let full = rows.len() as i64 == CATCH_UP_BATCH;
             if rows.is_empty() {
                 return Ok(head);
             }
-            self.stats
-                .messages_in
-                .fetch_add(rows.len() as u64, Ordering::Relaxed);
-            self.resolve_waiters(&rows);
-            let messages = rows
-                .into_iter()
-                .filter_map(|row| self.message(row))
-                .collect();
-            if let Some(new_head) = self.hub.fan_out_durable(messages) {
+            if let Some(new_head) = self.fan_out(rows) {
                 head = new_head;
                 self.head.send_replace(Some(head));
             }
@@ -155,6 +156,32 @@ impl Durable {
                 return Ok(head);
             }
         }
+    }
+
+    /// Fans one batch of events out to this node's subscribers, in a `fan_out.batch` span linked
+    /// to each producer's trace context. Returns the new head.
+    fn fan_out(&self, rows: Vec<EventRow>) -> Option<i64> {
+        let span = debug_span!(
+            "fan_out.batch",
+            events = rows.len(),
+            first_position = rows.first().map(|r| r.position),
+            last_position = rows.last().map(|r| r.position),
+        );
+        telemetry::link_producers(&span, rows.iter().filter_map(|r| r.traceparent.as_deref()));
+        let _entered = span.enter();
+        self.stats
+            .durable_in
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.resolve_waiters(&rows);
+        let now = SystemTime::now();
+        for row in &rows {
+            self.stats.observe_commit_to_send(row.created_at, now);
+        }
+        let messages = rows
+            .into_iter()
+            .filter_map(|row| self.message(row))
+            .collect();
+        self.hub.fan_out_durable(messages)
     }
 
     fn resolve_waiters(&self, rows: &[EventRow]) {
@@ -189,6 +216,14 @@ impl Durable {
     /// The position up to which durable events were delivered.
     pub(crate) fn head(&self) -> Option<i64> {
         *self.head.borrow()
+    }
+
+    /// Waits (up to `timeout`) until the reader's first start attempt ended. A node serves
+    /// clients only after it: a client subscribed before the reader read its starting head
+    /// would miss the events positioned in between.
+    pub(crate) async fn wait_first_attempt(&self, timeout: Duration) {
+        let mut attempted = self.first_attempt.subscribe();
+        let _ = tokio::time::timeout(timeout, attempted.wait_for(|done| *done)).await;
     }
 
     /// Waits (up to `timeout`) until the reader runs; false if it did not start in time.
@@ -260,6 +295,12 @@ impl Durable {
         let replay = self
             .store
             .replay(&names, after, upto, REPLAY_BATCH)
+            .instrument(debug_span!(
+                "catch_up.query",
+                kind = "replay",
+                after,
+                channels = names.len()
+            ))
             .await
             .map_err(database_error)?;
         if after < replay.retention_floor {

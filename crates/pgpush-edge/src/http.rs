@@ -15,7 +15,7 @@ use pgpush_protocol::{Channel, ErrorCode, http_error_body};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{Node, assets, hippie, policy, publish, transport};
+use crate::{Node, assets, hippie, metrics, policy, publish, transport};
 
 /// Every response body: full bytes or a stream.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -101,12 +101,13 @@ pub(crate) async fn route(
                 .unwrap_or_default();
             return Ok(hippie::route(node, conn, request, &rest).await);
         }
-        (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
-        (&Method::GET, "/readyz") => Ok(readyz(&node)),
-        (&Method::GET, "/v1/stats") => Ok(json(
-            StatusCode::OK,
-            Bytes::from(serde_json::to_vec(&node.stats_snapshot()).unwrap_or_default()),
+        (&Method::GET, "/metrics") if node.config.metrics_listen.is_some() => Err(ApiError::new(
+            ErrorCode::NotFound,
+            "metrics are served on the node's metrics address (--metrics-listen)",
         )),
+        (&Method::GET, "/healthz" | "/readyz" | "/metrics" | "/v1/stats") => {
+            Ok(observe(&node, &path).unwrap_or_else(|| not_allowed(&method).into_response()))
+        }
         (&Method::GET, "/demo/people") => demo_people(&node).await,
         (&Method::GET, "/v1/ws") => transport::ws::upgrade(node, conn, request),
         (&Method::GET, "/v1/sse") => transport::sse::open(node, conn, request).await,
@@ -116,7 +117,7 @@ pub(crate) async fn route(
         }
         (
             _,
-            "/healthz" | "/readyz" | "/v1/stats" | "/v1/ws" | "/v1/sse" | "/v1/poll"
+            "/healthz" | "/readyz" | "/metrics" | "/v1/stats" | "/v1/ws" | "/v1/sse" | "/v1/poll"
             | "/demo/people",
         ) => Err(not_allowed(&method)),
         (_, p) if p.starts_with("/v1/publish/") => Err(not_allowed(&method)),
@@ -160,6 +161,43 @@ fn not_allowed(method: &Method) -> ApiError {
         ErrorCode::MethodNotAllowed,
         format!("method {method} is not allowed on this route"),
     )
+}
+
+/// The operator's routes, served on the client port and on the metrics address:
+/// `/healthz`, `/readyz`, `/metrics`, `/v1/stats` (GET).
+pub(crate) fn observe(node: &Node, path: &str) -> Option<Response<Body>> {
+    Some(match path {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => readyz(node),
+        "/metrics" => {
+            let mut response = text(StatusCode::OK, metrics::render(node));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            response
+        }
+        "/v1/stats" => json(
+            StatusCode::OK,
+            Bytes::from(serde_json::to_vec(&node.stats_snapshot()).unwrap_or_default()),
+        ),
+        _ => return None,
+    })
+}
+
+/// Routes a request on the metrics address: the operator's routes only.
+pub(crate) async fn metrics_route(
+    node: Arc<Node>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path();
+    let method = request.method();
+    Ok(match observe(&node, path) {
+        Some(response) if method == Method::GET => response,
+        Some(_) => not_allowed(method).into_response(),
+        None => ApiError::new(ErrorCode::NotFound, format!("no route for {method} {path}"))
+            .into_response(),
+    })
 }
 
 fn readyz(node: &Node) -> Response<Body> {

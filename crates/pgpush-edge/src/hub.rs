@@ -259,6 +259,7 @@ impl Hub {
     /// event of these channels in (`since`, head] is in the returned replay, and every later one
     /// is queued to the outbox, so replay-then-queue has no gap and no duplicate. The caller
     /// makes sure `since` is not above the head (see `Durable::wait_for`).
+    #[tracing::instrument(name = "subscribe", level = "debug", skip_all, fields(channels = channels.len(), since))]
     pub async fn subscribe(
         &self,
         outbox: &Arc<Outbox>,
@@ -416,7 +417,7 @@ impl NotificationSink for Hub {
             self.wake.notify_one();
             return;
         }
-        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.stats.notifications_in.fetch_add(1, Ordering::Relaxed);
         // Classify the payload before taking the lock. A notification for a channel nobody
         // here subscribes to any more (it raced our UNLISTEN) is dropped by `fan_out`.
         let payload = Payload::new(payload);

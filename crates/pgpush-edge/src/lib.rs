@@ -11,6 +11,7 @@ mod durable;
 mod hippie;
 mod http;
 pub mod hub;
+mod metrics;
 pub mod nginx;
 mod node;
 mod policy;
@@ -19,7 +20,8 @@ mod publish;
 mod resume;
 mod server;
 pub mod stats;
+pub mod telemetry;
 mod transport;
 pub mod up;
 
-pub use node::{Node, StartError, migrate, run};
+pub use node::{Bound, Node, StartError, migrate, run};

@@ -26,7 +26,6 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, error)) => {
@@ -37,8 +36,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
-    // A throwaway cluster is started on the main thread, before the runtime: its postmaster
-    // is tied to the starting thread's life, and the main thread lives as long as we do.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (1, e.into()))?;
+    // Logging and the trace exporter (whose batch task runs on the runtime).
+    let telemetry = {
+        let _context = runtime.enter();
+        pgpush_edge::telemetry::init()
+    };
+    // A throwaway cluster is started on the main thread: its postmaster is tied to the
+    // starting thread's life, and the main thread lives as long as we do.
     let mut throwaway = None;
     let wants_database = match &cli.command {
         CliCommand::Serve(config) => config.database.database_url.is_none(),
@@ -54,10 +62,6 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
         );
         throwaway = Some(cluster);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| (1, e.into()))?;
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -68,9 +72,12 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
                     config.database.database_url = Some(cluster.url());
                     config.durable.migrate = true;
                 }
-                pgpush_edge::run(*config, shutdown, |address| {
+                pgpush_edge::run(*config, shutdown, |bound| {
                     let mut out = std::io::stdout();
-                    let _ = writeln!(out, "pgpush listening on http://{address}");
+                    if let Some(metrics) = bound.metrics {
+                        let _ = writeln!(out, "pgpush metrics on http://{metrics}");
+                    }
+                    let _ = writeln!(out, "pgpush listening on http://{}", bound.clients);
                     let _ = out.flush();
                 })
                 .await
@@ -126,6 +133,8 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
             }
         }
     });
+    // Spans still buffered are exported while the runtime runs.
+    telemetry.shutdown();
     // Connections and tasks are gone before the cluster they used is removed.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     drop(throwaway);
@@ -160,15 +169,4 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = int.recv() => {}
     }
     std::process::exit(130);
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -1,6 +1,6 @@
 //! One edge node: builds the listener, hub and pool, serves until shutdown, then drains.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use pgpush_pg::{
     ConnectOptions, Listener, Publisher, SequencerConfig, SequencerHandle, spawn_sequencer,
@@ -17,7 +17,7 @@ use crate::{
     durable::{Durable, DurableConfig},
     hippie::{Hippie, Registry},
     hub::{Hub, QueueLimits, RecentLimits, WAKE_CHANNEL},
-    server,
+    metrics, server,
     stats::Stats,
 };
 
@@ -109,13 +109,22 @@ impl Node {
     }
 }
 
-/// Runs a node until `shutdown` is cancelled: binds `config.listen`, calls `on_bound` with the
-/// bound address, serves clients, then drains (close clients, wait up to the shutdown timeout,
-/// close the LISTEN connection last).
+/// The addresses a started node listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// Clients' address.
+    pub clients: SocketAddr,
+    /// The metrics address, with `--metrics-listen`.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Runs a node until `shutdown` is cancelled: binds `config.listen` (and `--metrics-listen`),
+/// calls `on_bound` with the bound addresses, serves clients, then drains (close clients, wait
+/// up to the shutdown timeout, close the LISTEN connection last).
 pub async fn run(
     config: ServeConfig,
     shutdown: CancellationToken,
-    on_bound: impl FnOnce(SocketAddr),
+    on_bound: impl FnOnce(Bound),
 ) -> Result<(), StartError> {
     let url = config
         .database
@@ -136,6 +145,15 @@ pub async fn run(
         address: config.listen,
         source,
     })?;
+    let metrics_socket = match config.metrics_listen {
+        Some(metrics_address) => Some(TcpListener::bind(metrics_address).await.map_err(
+            |source| StartError::Bind {
+                address: metrics_address,
+                source,
+            },
+        )?),
+        None => None,
+    };
 
     let stats = Arc::new(Stats::default());
     // Background tasks that end with the LISTEN connection, after clients are gone.
@@ -168,6 +186,12 @@ pub async fn run(
         },
     ));
     let durable_task = tokio::spawn(durable.clone().run(listener_shutdown.clone()));
+    tokio::spawn(metrics::sample_database(
+        publisher.events(),
+        stats.clone(),
+        config.metrics_sample_interval,
+        listener_shutdown.clone(),
+    ));
     let sequencer = (!config.durable.no_sequencer).then(|| {
         let settings = SequencerConfig {
             idle_interval: config.durable.sequencer_interval,
@@ -221,8 +245,24 @@ pub async fn run(
         durable,
         sequencer,
     });
-    info!(%address, node = %node.node_id, "pgpush listening");
-    on_bound(address);
+    // Durable channels first: a client accepted before the reader knows where it starts could
+    // miss the events positioned meanwhile. Without the schema the node serves anyway.
+    node.durable
+        .wait_first_attempt(Duration::from_secs(10))
+        .await;
+    let metrics_address = metrics_socket.as_ref().and_then(|s| s.local_addr().ok());
+    if let Some(metrics_socket) = metrics_socket {
+        tokio::spawn(server::serve_metrics(
+            metrics_socket,
+            node.clone(),
+            listener_shutdown.clone(),
+        ));
+    }
+    info!(%address, metrics = ?metrics_address, node = %node.node_id, "pgpush listening");
+    on_bound(Bound {
+        clients: address,
+        metrics: metrics_address,
+    });
 
     server::serve(socket, node.clone()).await;
 

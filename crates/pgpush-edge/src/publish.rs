@@ -7,21 +7,52 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 use pgpush_protocol::{Channel, ErrorCode, MAX_NOTIFY_PAYLOAD_BYTES, PublishMode, publish_reply};
-use tracing::error;
+use tracing::{Instrument, error};
 
 use crate::{
     Node,
     http::{ApiError, Body, json, query_pairs},
     policy,
+    stats::PublishVia,
+    telemetry,
 };
-
-use std::sync::atomic::Ordering;
 
 /// `POST /v1/publish/<channel>?mode=durable|ephemeral`; the body is the payload.
 pub(crate) async fn http_publish(
     node: Arc<Node>,
     request: Request<Incoming>,
     channel_path: &str,
+) -> Result<Response<Body>, ApiError> {
+    let mode = requested_mode(&request);
+    let result = match &mode {
+        Ok(mode) => http_publish_in(&node, request, channel_path, *mode).await,
+        Err(error) => Err(error.clone()),
+    };
+    let counted = result.as_ref().map(|_| ()).map_err(|e| e.code);
+    node.stats
+        .count_publish(PublishVia::Http, mode.ok(), &counted);
+    result
+}
+
+/// The `mode` query parameter (durable when absent).
+fn requested_mode(request: &Request<Incoming>) -> Result<PublishMode, ApiError> {
+    match query_pairs(request)
+        .iter()
+        .find(|(name, _)| name == "mode")
+        .map(|(_, value)| value.clone())
+    {
+        None => Ok(PublishMode::Durable),
+        Some(value) => PublishMode::parse(&value).ok_or_else(|| {
+            ApiError::new(ErrorCode::BadRequest, "mode must be durable or ephemeral")
+        }),
+    }
+}
+
+async fn http_publish_in(
+    node: &Node,
+    request: Request<Incoming>,
+    channel_path: &str,
+    mode: PublishMode,
 ) -> Result<Response<Body>, ApiError> {
     let name = percent_decode_str(channel_path)
         .decode_utf8()
@@ -32,16 +63,6 @@ pub(crate) async fn http_publish(
             )
         })?;
     let channel = policy::client_channel(&name)?;
-    let mode = match query_pairs(&request)
-        .iter()
-        .find(|(name, _)| name == "mode")
-        .map(|(_, value)| value.clone())
-    {
-        None => PublishMode::Durable,
-        Some(value) => PublishMode::parse(&value).ok_or_else(|| {
-            ApiError::new(ErrorCode::BadRequest, "mode must be durable or ephemeral")
-        })?,
-    };
     let idempotency_key = match request.headers().get("idempotency-key") {
         None => None,
         Some(value) => Some(
@@ -59,6 +80,7 @@ pub(crate) async fn http_publish(
         ),
     };
     let limit = node.config.max_message_bytes;
+    let headers = request.headers().clone();
     let body = Limited::new(request.into_body(), limit)
         .collect()
         .await
@@ -72,7 +94,16 @@ pub(crate) async fn http_publish(
         .to_bytes();
     let payload = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(ErrorCode::BadPayload, "payload must be UTF-8 text"))?;
-    let cursor = publish(&node, &channel, payload, mode, idempotency_key.as_deref()).await?;
+    let traceparent = request_traceparent(&headers);
+    let cursor = publish(
+        node,
+        &channel,
+        payload,
+        mode,
+        idempotency_key.as_deref(),
+        traceparent.as_deref(),
+    )
+    .await?;
     // A durable event not positioned in time is committed but has no cursor yet: 202.
     let status = if mode == PublishMode::Durable && cursor.is_none() {
         StatusCode::ACCEPTED
@@ -85,15 +116,45 @@ pub(crate) async fn http_publish(
     ))
 }
 
+/// A `traceparent` header, if it is a valid W3C trace context.
+fn request_traceparent(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    telemetry::valid_traceparent(value).then(|| value.to_owned())
+}
+
 /// Publishes `payload` on `channel`; returns the cursor of a durable publish (`None` when the
 /// sequencer has not positioned it in time). Subscribers, this node's included, receive it
-/// through PostgreSQL, exactly once. `idempotency_key` applies to durable publishes.
+/// through PostgreSQL, exactly once. `idempotency_key` applies to durable publishes; a durable
+/// event carries the trace context of this publish (a child of `parent` when given), so the
+/// fan-out that delivers it links back to the producer.
 pub(crate) async fn publish(
     node: &Node,
     channel: &Channel,
     payload: &str,
     mode: PublishMode,
     idempotency_key: Option<&str>,
+    parent: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let span = tracing::debug_span!(
+        "publish",
+        channel = channel.as_str(),
+        mode = ?mode,
+        bytes = payload.len()
+    );
+    telemetry::set_remote_parent(&span, parent);
+    let traceparent = telemetry::traceparent(&span).or_else(|| parent.map(str::to_owned));
+    publish_in(node, channel, payload, mode, idempotency_key, traceparent)
+        .instrument(span)
+        .await
+}
+
+async fn publish_in(
+    node: &Node,
+    channel: &Channel,
+    payload: &str,
+    mode: PublishMode,
+    idempotency_key: Option<&str>,
+    traceparent: Option<String>,
 ) -> Result<Option<String>, ApiError> {
     if payload.contains('\0') {
         return Err(ApiError::new(
@@ -105,9 +166,8 @@ pub(crate) async fn publish(
         PublishMode::Durable => {
             let cursor = node
                 .durable
-                .publish(channel, payload, None, idempotency_key)
+                .publish(channel, payload, traceparent.as_deref(), idempotency_key)
                 .await?;
-            node.stats.publishes.fetch_add(1, Ordering::Relaxed);
             Ok(cursor)
         }
         PublishMode::Ephemeral => {
@@ -124,7 +184,6 @@ pub(crate) async fn publish(
                 .notify(channel.as_str(), payload)
                 .await
                 .map_err(database_error)?;
-            node.stats.publishes.fetch_add(1, Ordering::Relaxed);
             Ok(None)
         }
     }

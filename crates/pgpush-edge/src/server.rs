@@ -1,6 +1,13 @@
 //! The accept loop and per-connection HTTP/1.1 serving with upgrades, until shutdown drains.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -9,7 +16,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::{
     Node,
@@ -45,16 +52,51 @@ pub(crate) async fn serve(socket: TcpListener, node: Arc<Node>) {
     drop(socket);
     node.tracker.close();
     let open = node.tracker.len();
-    info!(open, "draining connections");
-    let deadline = node.config.drain_window + node.config.shutdown_timeout;
-    if tokio::time::timeout(deadline, node.tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            left = node.tracker.len(),
-            "shutdown timeout reached with connections still open"
-        );
+    let span = tracing::debug_span!("drain", open, left = tracing::field::Empty);
+    async {
+        info!(open, "draining connections");
+        let deadline = node.config.drain_window + node.config.shutdown_timeout;
+        if tokio::time::timeout(deadline, node.tracker.wait())
+            .await
+            .is_err()
+        {
+            let left = node.tracker.len();
+            tracing::Span::current().record("left", left);
+            warn!(left, "shutdown timeout reached with connections still open");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Serves the operator's routes on the metrics address until `stop` (after the drain).
+pub(crate) async fn serve_metrics(socket: TcpListener, node: Arc<Node>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = socket.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    warn!(%error, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let node = node.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service =
+                service_fn(move |request| crate::http::metrics_route(node.clone(), request));
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = stop.cancelled() => {}
+            }
+        });
     }
 }
 
@@ -81,13 +123,88 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
             }
         }
     }
+    let stats = node.stats.clone();
     if early_bytes.is_empty() {
-        serve_http(stream, peer, node).await;
+        serve_http(
+            CountingIo {
+                inner: stream,
+                stats,
+            },
+            peer,
+            node,
+        )
+        .await;
     } else {
         // Bytes read after the PROXY header are the start of the request: hyper reads them first.
         let (reader, writer) = stream.into_split();
         let stream = tokio::io::join(std::io::Cursor::new(early_bytes).chain(reader), writer);
-        serve_http(stream, peer, node).await;
+        serve_http(
+            CountingIo {
+                inner: stream,
+                stats,
+            },
+            peer,
+            node,
+        )
+        .await;
+    }
+}
+
+/// A client socket that adds what is written to it to `pgpush_bytes_sent_total`.
+struct CountingIo<I> {
+    inner: I,
+    stats: Arc<crate::stats::Stats>,
+}
+
+impl<I> CountingIo<I> {
+    fn count(&self, written: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = written {
+            self.stats.bytes_out.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for CountingIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for CountingIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.count(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -104,7 +221,16 @@ where
     let service = {
         let node = node.clone();
         let conn = conn.clone();
-        service_fn(move |request| route(node.clone(), conn.clone(), request))
+        service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            // One span per request up to its response head (for WebSocket: the upgrade).
+            let span = tracing::debug_span!(
+                "accept",
+                method = %request.method(),
+                path = request.uri().path(),
+                peer = %conn.peer,
+            );
+            route(node.clone(), conn.clone(), request).instrument(span)
+        })
     };
     // Title-case header names: byte-exact with the original Perl server for old clients.
     let connection = http1::Builder::new()

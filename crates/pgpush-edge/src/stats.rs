@@ -1,11 +1,23 @@
-//! Node counters behind `/v1/stats`, and guards that keep the connection gauges exact.
+//! Node counters behind `/v1/stats` and `/metrics`, and guards that keep the connection gauges exact.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
 };
 
-use pgpush_protocol::{ConnectionCounts, StatsSnapshot};
+use pgpush_pg::Backlog;
+use pgpush_protocol::{ConnectionCounts, ErrorCode, PublishMode, StatsSnapshot};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        histogram::{Histogram, exponential_buckets},
+    },
+};
 
 /// A client transport, for the per-transport connection gauges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,9 +32,46 @@ pub enum Transport {
     Poll,
 }
 
+/// Where a publish request came from, a label of `pgpush_publish_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishVia {
+    /// `POST /v1/publish/<channel>`
+    Http,
+    /// The native WebSocket `publish` op.
+    WebSocket,
+    /// Hippie `/pub` posts and Hippie WebSocket frames.
+    Hippie,
+}
+
+/// The labels of `pgpush_publish_requests_total`: a few fixed values each.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    via: &'static str,
+    mode: &'static str,
+    result: &'static str,
+}
+
+impl PublishLabels {
+    fn new(via: PublishVia, mode: Option<PublishMode>, error: Option<ErrorCode>) -> PublishLabels {
+        PublishLabels {
+            via: match via {
+                PublishVia::Http => "http",
+                PublishVia::WebSocket => "websocket",
+                PublishVia::Hippie => "hippie",
+            },
+            mode: match mode {
+                Some(PublishMode::Durable) => "durable",
+                Some(PublishMode::Ephemeral) => "ephemeral",
+                None => "invalid",
+            },
+            result: error.map_or("ok", ErrorCode::as_str),
+        }
+    }
+}
+
 /// The node's counters. Gauges are only changed through [`ConnectionGuard`] and the hub, so
 /// they return to zero when every client has left.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Open WebSocket connections.
     pub websocket: AtomicU64,
@@ -34,10 +83,14 @@ pub struct Stats {
     pub poll: AtomicU64,
     /// Current (connection, channel) subscriptions.
     pub subscriptions: AtomicU64,
-    /// Messages received from PostgreSQL: notifications, and durable events read.
-    pub messages_in: AtomicU64,
+    /// Notifications received on the LISTEN connection (the wake-up channel excluded).
+    pub notifications_in: AtomicU64,
+    /// Durable events read from the events table by the catch-up reader.
+    pub durable_in: AtomicU64,
     /// Messages written to clients.
     pub messages_out: AtomicU64,
+    /// Bytes written to client sockets (HTTP heads, frames, keepalives: everything).
+    pub bytes_out: AtomicU64,
     /// Clients cut off as slow.
     pub slow_consumers: AtomicU64,
     /// Publishes accepted.
@@ -46,6 +99,56 @@ pub struct Stats {
     pub listener_generation: AtomicU64,
     /// Queries the durable reader and replays sent to PostgreSQL.
     pub durable_queries: AtomicU64,
+    /// Publish requests by origin, mode and result.
+    pub publish_requests: Family<PublishLabels, Counter>,
+    /// Seconds from a durable event's INSERT (in the publishing transaction) to its fan-out.
+    pub commit_to_send: Histogram,
+    /// The last sample of PostgreSQL's side (`None` until one succeeds or after one fails).
+    pub database: Mutex<Option<Backlog>>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        let stats = Stats::zeroed();
+        // Successful publishes start at 0 so rates and alerts work before the first one.
+        for (via, mode) in [
+            (PublishVia::Http, PublishMode::Durable),
+            (PublishVia::Http, PublishMode::Ephemeral),
+            (PublishVia::WebSocket, PublishMode::Durable),
+            (PublishVia::WebSocket, PublishMode::Ephemeral),
+            (PublishVia::Hippie, PublishMode::Ephemeral),
+        ] {
+            let _ =
+                stats
+                    .publish_requests
+                    .get_or_create(&PublishLabels::new(via, Some(mode), None));
+        }
+        stats
+    }
+}
+
+impl Stats {
+    fn zeroed() -> Stats {
+        Stats {
+            websocket: AtomicU64::new(0),
+            sse: AtomicU64::new(0),
+            mxhr: AtomicU64::new(0),
+            poll: AtomicU64::new(0),
+            subscriptions: AtomicU64::new(0),
+            notifications_in: AtomicU64::new(0),
+            durable_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
+            publishes: AtomicU64::new(0),
+            listener_generation: AtomicU64::new(0),
+            durable_queries: AtomicU64::new(0),
+            publish_requests: Family::default(),
+            // 0.5 ms to about 16 s.
+            commit_to_send: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            database: Mutex::new(None),
+        }
+    }
 }
 
 impl Stats {
@@ -65,6 +168,37 @@ impl Stats {
             Transport::Mxhr => &self.mxhr,
             Transport::Poll => &self.poll,
         }
+    }
+
+    /// Counts one publish request's outcome (`mode` is `None` when the request named no valid mode).
+    pub fn count_publish<T>(
+        &self,
+        via: PublishVia,
+        mode: Option<PublishMode>,
+        result: &Result<T, ErrorCode>,
+    ) {
+        if result.is_ok() {
+            self.publishes.fetch_add(1, Ordering::Relaxed);
+        }
+        let labels = PublishLabels::new(via, mode, result.as_ref().err().copied());
+        self.publish_requests.get_or_create(&labels).inc();
+    }
+
+    /// Records the commit-to-send latency of a durable event inserted at `created_at`.
+    pub fn observe_commit_to_send(&self, created_at: SystemTime, now: SystemTime) {
+        // PostgreSQL's clock and ours may differ a little: a negative age counts as zero.
+        let age = now.duration_since(created_at).unwrap_or_default();
+        self.commit_to_send.observe(age.as_secs_f64());
+    }
+
+    /// Messages received from PostgreSQL: notifications and durable events.
+    pub fn messages_in(&self) -> u64 {
+        self.notifications_in.load(Ordering::Relaxed) + self.durable_in.load(Ordering::Relaxed)
+    }
+
+    /// Open client connections of `transport`.
+    pub fn connections(&self, transport: Transport) -> u64 {
+        self.gauge(transport).load(Ordering::Relaxed)
     }
 
     /// Adds `n` delivered messages.
@@ -97,7 +231,7 @@ impl Stats {
             },
             subscriptions: self.subscriptions.load(Ordering::Relaxed),
             channels_listened: channels_listened as u64,
-            messages_in: self.messages_in.load(Ordering::Relaxed),
+            messages_in: self.messages_in(),
             messages_out: self.messages_out.load(Ordering::Relaxed),
             slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
             publishes: self.publishes.load(Ordering::Relaxed),

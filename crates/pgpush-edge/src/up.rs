@@ -206,7 +206,10 @@ async fn start_all(
             args.listen
         ));
         for (index, address) in addresses.iter().enumerate() {
-            lines.push(format!("  node-{}      http://{address}", index + 1));
+            lines.push(format!(
+                "  node-{}      http://{address}  (metrics: http://{address}/metrics)",
+                index + 1
+            ));
         }
     } else {
         lines.push(format!("pgpush is up: one node on http://{}", args.listen));
@@ -229,6 +232,9 @@ async fn start_all(
     }
     lines.push(format!("  client      {base}/pgpush.js"));
     lines.push(format!("  stats       {base}/v1/stats"));
+    if nginx.is_none() {
+        lines.push(format!("  metrics     {base}/metrics"));
+    }
     lines.push(format!("  Hippie      {base}/_hippie/stats"));
     lines.push(format!("  database    {database_url}"));
     lines.push(format!("  files       {}", workdir.display()));

@@ -1,6 +1,6 @@
 //! The durable events table: publishing, reading in global order, replaying for a client.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
 
@@ -19,6 +19,8 @@ pub struct EventRow {
     pub payload: String,
     /// W3C trace context of the publisher, if any.
     pub traceparent: Option<String>,
+    /// When the publishing transaction inserted it (PostgreSQL's clock).
+    pub created_at: SystemTime,
 }
 
 /// This database's identity.
@@ -39,6 +41,16 @@ pub struct Head {
     pub retention_floor: i64,
 }
 
+/// PostgreSQL's side of a node's health, sampled for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backlog {
+    /// `pg_notification_queue_usage()`: the fraction of the NOTIFY queue in use.
+    pub notification_queue_usage: f64,
+    /// Durable events: (committed events still waiting for a position, age in seconds of the
+    /// oldest of them, highest position assigned); `None` without the pgpush schema.
+    pub durable: Option<(i64, f64, i64)>,
+}
+
 /// A replay: the events after a cursor, or the news that some of them are gone.
 #[derive(Debug)]
 pub struct Replay {
@@ -54,7 +66,7 @@ pub struct EventStore {
     pool: Pool,
 }
 
-const COLUMNS: &str = "id, position, channel, payload, traceparent";
+const COLUMNS: &str = "id, position, channel, payload, traceparent, created_at";
 
 fn row(row: &tokio_postgres::Row) -> EventRow {
     EventRow {
@@ -63,6 +75,7 @@ fn row(row: &tokio_postgres::Row) -> EventRow {
         channel: row.get(2),
         payload: row.get(3),
         traceparent: row.get(4),
+        created_at: row.get(5),
     }
 }
 
@@ -97,6 +110,33 @@ impl EventStore {
         Ok(Head {
             last_position: row.get(0),
             retention_floor: row.get(1),
+        })
+    }
+
+    /// The NOTIFY queue's usage and the sequencer's backlog.
+    pub async fn backlog(&self) -> Result<Backlog, Error> {
+        let client = self.pool.get().await?;
+        let usage: f64 = client
+            .query_one("SELECT pg_notification_queue_usage()", &[])
+            .await?
+            .get(0);
+        let durable = client
+            .query_one(
+                "SELECT count(*),
+                        coalesce(extract(epoch FROM clock_timestamp() - min(created_at))::float8, 0),
+                        (SELECT last_position FROM pgpush.sequencer_state)
+                 FROM pgpush.events WHERE position IS NULL",
+                &[],
+            )
+            .await;
+        let durable = match durable.map_err(Error::from) {
+            Ok(row) => Some((row.get(0), row.get(1), row.get(2))),
+            Err(error) if error.is_not_migrated() => None,
+            Err(error) => return Err(error),
+        };
+        Ok(Backlog {
+            notification_queue_usage: usage,
+            durable,
         })
     }
 
@@ -150,6 +190,7 @@ impl EventStore {
                 channel: r.get(3),
                 payload: r.get(4),
                 traceparent: r.get(5),
+                created_at: r.get(6),
             })
             .collect();
         Ok(Replay {

@@ -15,9 +15,9 @@ pub mod throwaway;
 
 pub use connect::{ConnectOptions, quote_ident};
 pub use error::Error;
-pub use events::{EventRow, EventStore, Head, Installation, Replay};
+pub use events::{Backlog, EventRow, EventStore, Head, Installation, Replay};
 pub use listener::{Listener, ListenerState, ListenerTask, NotificationSink};
 pub use migrations::{SCHEMA_VERSION, migrate, migrate_database, schema_version};
-pub use publisher::Publisher;
+pub use publisher::{PoolStatus, Publisher};
 pub use sequencer::{SequencerConfig, SequencerHandle, spawn_sequencer};
 pub use tokio_postgres::Config as PgConfig;

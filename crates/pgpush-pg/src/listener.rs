@@ -185,8 +185,11 @@ impl ListenerTask {
     pub async fn run(mut self, sink: Arc<dyn NotificationSink>, shutdown: CancellationToken) {
         let sink = &sink;
         let mut failures: u32 = 0;
+        // A `listener.reconnect` span lasts from losing the connection until it is back with
+        // every channel LISTENed again.
+        let mut outage: Option<tracing::Span> = None;
         loop {
-            match self.session(sink, &shutdown).await {
+            match self.session(sink, &shutdown, &mut outage).await {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Lost(reason) => {
                     if self.state.borrow().is_up() {
@@ -195,6 +198,16 @@ impl ListenerTask {
                     }
                     let delay = backoff(failures);
                     failures = failures.saturating_add(1);
+                    outage
+                        .get_or_insert_with(|| {
+                            tracing::debug_span!(
+                                "listener.reconnect",
+                                reason = %reason,
+                                attempts = tracing::field::Empty,
+                                channels = tracing::field::Empty,
+                            )
+                        })
+                        .record("attempts", failures);
                     warn!(%reason, retry_in_ms = delay.as_millis() as u64, "listener connection lost");
                     if !self.wait_offline(delay, &shutdown).await {
                         break;
@@ -246,6 +259,7 @@ impl ListenerTask {
         &mut self,
         sink: &Arc<dyn NotificationSink>,
         shutdown: &CancellationToken,
+        outage: &mut Option<tracing::Span>,
     ) -> SessionEnd {
         let config = self.config.clone();
         let connect = config.connect(NoTls);
@@ -319,6 +333,9 @@ impl ListenerTask {
         );
         for done in self.waiting.drain(..) {
             let _ = done.send(());
+        }
+        if let Some(span) = outage.take() {
+            span.record("channels", wanted.len());
         }
 
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);

@@ -7,6 +7,9 @@ use tokio_postgres::NoTls;
 
 use crate::Error;
 
+/// The pool's size and use.
+pub use deadpool_postgres::Status as PoolStatus;
+
 /// Publishes through a small pool of connections, never through the LISTEN connection.
 #[derive(Debug, Clone)]
 pub struct Publisher {
@@ -47,6 +50,11 @@ impl Publisher {
     /// A pooled connection for other queries (returned to the pool when dropped).
     pub async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
         Ok(self.pool.get().await?)
+    }
+
+    /// How many pooled connections exist, are idle, and how many callers wait for one.
+    pub fn pool_status(&self) -> PoolStatus {
+        self.pool.status()
     }
 
     /// The durable events table, through the same pool.

@@ -132,10 +132,21 @@ async fn lead(
         if shutdown.is_cancelled() {
             return Ok(());
         }
+        let started = tokio::time::Instant::now();
         let assigned: Option<i64> = client
             .query_one(&batch, &[&settings.batch_size])
             .await?
             .get(0);
+        if let Some(last) = assigned {
+            // Recorded after the fact, and only for batches that positioned something: an idle
+            // sequencer polls often and would flood traces with empty spans.
+            tracing::debug_span!(
+                "sequencer.batch",
+                last_position = last,
+                query_ms = started.elapsed().as_secs_f64() * 1000.0,
+            )
+            .in_scope(|| {});
+        }
         if tokio::time::Instant::now() >= retention_due {
             retention_due = tokio::time::Instant::now() + settings.retention_interval;
             let age = settings.retention_age.map(|d| d.as_secs_f64());

@@ -12,10 +12,26 @@ use crate::{
     hippie::{HippieResult, RequestInfo, check_origin, refuse},
     http::{ApiError, ConnInfo, query_pairs, text},
     publish,
+    stats::PublishVia,
 };
 
 /// Stamps a client's JSON object and publishes it (ephemeral, as the original did).
 pub(crate) async fn stamp_and_publish(
+    node: &Node,
+    channel: &Channel,
+    message: &str,
+    address: IpAddr,
+) -> Result<(), ApiError> {
+    let result = stamp_and_publish_in(node, channel, message, address).await;
+    node.stats.count_publish(
+        PublishVia::Hippie,
+        Some(PublishMode::Ephemeral),
+        &result.as_ref().map_err(|e| e.code),
+    );
+    result
+}
+
+async fn stamp_and_publish_in(
     node: &Node,
     channel: &Channel,
     message: &str,
@@ -27,7 +43,7 @@ pub(crate) async fn stamp_and_publish(
         .unwrap_or(0);
     let stamped = stamp(message, now, &address.to_string())
         .map_err(|error| ApiError::new(ErrorCode::BadPayload, error.to_string()))?;
-    publish::publish(node, channel, &stamped, PublishMode::Ephemeral, None).await?;
+    publish::publish(node, channel, &stamped, PublishMode::Ephemeral, None, None).await?;
     if let Some(hippie) = &node.hippie {
         hippie.events_published.fetch_add(1, Ordering::Relaxed);
     }

@@ -19,7 +19,7 @@ use crate::{
     hub::Session,
     policy, publish,
     resume::{self, ReplayBatch},
-    stats::Transport,
+    stats::{PublishVia, Transport},
     transport::websocket::{self, Beats, End, Interrupt, WsIo, WsProtocol},
 };
 
@@ -144,19 +144,16 @@ impl WsProtocol for Native {
                 data,
                 mode,
             } => {
+                let mode = mode.unwrap_or(PublishMode::Durable);
                 let published = match policy::check_client_access(&channel) {
-                    Ok(()) => {
-                        publish::publish(
-                            &self.node,
-                            &channel,
-                            data,
-                            mode.unwrap_or(PublishMode::Durable),
-                            None,
-                        )
-                        .await
-                    }
+                    Ok(()) => publish::publish(&self.node, &channel, data, mode, None, None).await,
                     Err(error) => Err(error),
                 };
+                self.node.stats.count_publish(
+                    PublishVia::WebSocket,
+                    Some(mode),
+                    &published.as_ref().map_err(|e| e.code),
+                );
                 match published {
                     Ok(cursor) => {
                         let reference = raw_reference(reference);
