@@ -26,6 +26,11 @@ export interface PgPushOptions {
   pollWaitSeconds?: number;
   /** How long a WebSocket publish waits for its acknowledgement; default 10000. */
   publishTimeoutMs?: number;
+  /** A token (JWT) for servers that require one, or a function giving one; the function is
+   *  called before every connection attempt, so a connection closed because its token expired
+   *  (WebSocket close 4001) comes back with a fresh one. Sent as `?token=` on WebSocket, SSE and
+   *  polls, as `Authorization: Bearer` on HTTP publishes. */
+  token?: string | (() => string | Promise<string>);
 }
 
 /** A message on a subscribed channel. */

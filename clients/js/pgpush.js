@@ -37,6 +37,10 @@ export class PgPush {
     this.connectTimeoutMs = options.connectTimeoutMs ?? 5000;
     this.pollWaitSeconds = options.pollWaitSeconds ?? 25;
     this.publishTimeoutMs = options.publishTimeoutMs ?? 10000;
+    // A token string, or a function giving one (called before every connection attempt, so a
+    // connection closed because its token expired comes back with a fresh one).
+    this._tokenSource = options.token ?? null;
+    this._token = typeof this._tokenSource === 'string' ? this._tokenSource : null;
     /** `idle`, `connecting`, `connected` or `closed`. */
     this.state = 'idle';
     /** The transport of the live connection (`websocket`, `sse`, `poll`), or null. */
@@ -114,11 +118,10 @@ export class PgPush {
   async _postPublish(channel, data, mode) {
     const url = new URL(`/v1/publish/${encodeURIComponent(channel)}`, this.url);
     url.searchParams.set('mode', mode);
-    const response = await fetch(url, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify(data),
-    });
+    const headers = { 'content-type': 'application/json' };
+    const token = await this._freshToken();
+    if (token) headers.authorization = `Bearer ${token}`;
+    const response = await fetch(url, { method: 'POST', headers, body: JSON.stringify(data) });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
       throw new PgPushError(body.error ?? 'http', body.reason ?? response.statusText, response.status);
@@ -156,7 +159,28 @@ export class PgPush {
     for (const ref of [...this._pending.keys()]) this._settle(ref, error);
   }
 
+  // The token to send now: the string given, or what the token function gives.
+  async _freshToken() {
+    if (typeof this._tokenSource === 'function') this._token = await this._tokenSource();
+    return this._token;
+  }
+
   _open(skipped = 0) {
+    if (typeof this._tokenSource !== 'function') {
+      this._openWithToken(skipped);
+      return;
+    }
+    this._freshToken().then(
+      () => this.state !== 'closed' && this._openWithToken(skipped),
+      (error) => {
+        if (this.state === 'closed') return;
+        this._emit('error', new PgPushError('token', `the token function failed: ${error}`));
+        this._retryTimer = setTimeout(() => this.state !== 'closed' && this._open(skipped), this.maxBackoffMs);
+      },
+    );
+  }
+
+  _openWithToken(skipped) {
     const name = this.transports[this._transportIndex];
     const open = OPENERS[name];
     if (!open.supported()) {
@@ -166,7 +190,7 @@ export class PgPush {
         this._emit('error', new PgPushError('unsupported', 'this browser has none of the transports'));
         return;
       }
-      this._open(skipped + 1);
+      this._openWithToken(skipped + 1);
       return;
     }
     // Events of an attempt that is no longer the current one are ignored.
@@ -234,6 +258,8 @@ export class PgPush {
     const url = new URL(path, this.url);
     for (const channel of this.channels) url.searchParams.append('channel', channel);
     if (this.cursor) url.searchParams.set(cursorParam, this.cursor);
+    // Browsers cannot set headers on WebSocket or EventSource: the token goes in the query.
+    if (this._token) url.searchParams.set('token', this._token);
     for (const [key, value] of Object.entries(extra)) url.searchParams.set(key, value);
     return url;
   }

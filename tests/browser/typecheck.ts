@@ -37,3 +37,9 @@ client.on('gone', () => {});
 void client.publish('chat', () => 1);
 // @ts-expect-error: not a mode
 void client.publish('chat', 1, { mode: 'forever' });
+const withToken = new PgPush({ channels: ['chat'], token: 'header.payload.signature' });
+const withTokenFunction = new PgPush({ channels: ['chat'], token: async () => 'fresh.token.here' });
+withToken.close();
+withTokenFunction.close();
+// @ts-expect-error a token is a string or a function giving one
+new PgPush({ token: 42 });

@@ -507,3 +507,94 @@ async fn type_declarations_compile_against_a_typed_use_of_the_client() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_reconnects_with_a_fresh_token_when_its_token_expires() {
+    let postgres = TestPostgres::start();
+    let secret = "browser test secret, long enough for HS256";
+    let edge = Edge::start_with(
+        &postgres.url(),
+        EdgeOptions::args(&["--jwt-secret", secret, "--jwt-leeway", "0s"]),
+    )
+    .await;
+    let mut browser = Browser::start().await;
+    let page = browser.new_page(None).await;
+    browser
+        .goto(&page, &format!("http://{}/", edge.address()))
+        .await;
+    // Signed once the page is up, so the short token is still fresh at the first connection.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |seconds: u64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"exp": now + seconds, "subscribe": ["news"], "publish": ["news"]}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    // The first token lasts 4 s, the next an hour; the page's token function hands them out.
+    let tokens = json!([token(4), token(3600)]);
+    browser
+        .eval(
+            &page,
+            &format!(
+                "import('/pgpush.js').then(({{ PgPush }}) => {{
+                   const tokens = {tokens};
+                   window.tokenCalls = 0;
+                   window.received = [];
+                   window.closes = [];
+                   window.client = new PgPush({{ channels: ['news'], token: async () => {{
+                     window.tokenCalls += 1;
+                     return tokens[Math.min(window.tokenCalls, tokens.length) - 1];
+                   }} }});
+                   window.client.on('message', (m) => window.received.push(m.data.n));
+                   window.client.on('disconnected', ({{ code }}) => window.closes.push(code));
+                   return true;
+                 }})"
+            ),
+        )
+        .await;
+    browser
+        .wait_for(&page, "window.client.state === 'connected'", SOON)
+        .await;
+    let publish = |n: i32| {
+        let postgres = &postgres;
+        async move {
+            postgres
+                .client()
+                .await
+                .execute(
+                    "SELECT pgpush.publish('news', $1::text)",
+                    &[&format!(r#"{{"n":{n}}}"#)],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    publish(1).await;
+    browser
+        .wait_for(&page, "window.received.length === 1", SOON)
+        .await;
+    // The token runs out: close 4001, a fresh token, the same cursor; nothing is lost meanwhile.
+    browser
+        .wait_for(&page, "window.closes.includes(4001)", SOON)
+        .await;
+    publish(2).await;
+    publish(3).await;
+    browser
+        .wait_for(
+            &page,
+            "window.client.state === 'connected' && window.received.length === 3",
+            SOON,
+        )
+        .await;
+    assert_eq!(
+        browser.eval(&page, "window.received").await,
+        json!([1, 2, 3])
+    );
+    assert_eq!(browser.eval(&page, "window.tokenCalls").await, json!(2));
+    browser.close(&page).await;
+}

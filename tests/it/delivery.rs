@@ -29,10 +29,13 @@ async fn notify_reaches_websocket_and_sse_subscribers_of_that_channel_only() {
     let pg = TestPostgres::start();
     let edge = Edge::start(&pg.url()).await;
     let mut ws_a = WsClient::connect(&edge.ws_url("/v1/ws?channel=news")).await;
+    let subscribed = ws_a.next_json(SOON).await;
     assert_eq!(
-        ws_a.next_json(SOON).await,
-        json!({"type": "subscribed", "channels": ["news"]})
+        (&subscribed["type"], &subscribed["channels"]),
+        (&json!("subscribed"), &json!(["news"]))
     );
+    // The node serves once its durable reader has started: the connection's cursor is there.
+    assert!(subscribed["cursor"].is_string(), "{subscribed}");
     let mut ws_b = WsClient::connect(&edge.ws_url("/v1/ws")).await;
     ws_b.subscribe(&["other"]).await;
     let mut sse = SseClient::connect(edge.address(), "/v1/sse?channel=news", &[]).await;

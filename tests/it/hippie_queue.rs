@@ -175,11 +175,17 @@ async fn a_full_queue_reports_its_overflow_and_keeps_going() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_thousand_made_up_client_ids_get_bounded_queues_and_leave_nothing_behind() {
     let pg = TestPostgres::start();
-    // The window outlasts a round's flood even on a loaded machine (a round has taken 20 s
+    // The window outlasts a round's flood even on a loaded machine (a round has taken 15 s
     // beside other tests on a slow day), so all 10,000 are alive at once when the 10,001st
     // arrives.
-    let mut options =
-        EdgeOptions::args(&["--hippie-window", "40s", "--hippie-max-queues", "10000"]);
+    let mut options = EdgeOptions::args(&[
+        "--hippie-window",
+        "30s",
+        "--hippie-max-queues",
+        "10000",
+        "--hippie-max-queues-per-address",
+        "10000",
+    ]);
     // One malloc arena: with one per thread, how freed memory is reused depends on which
     // worker ran what, and RSS wanders by megabytes between identical rounds.
     options.env.push(("MALLOC_ARENA_MAX".into(), "1".into()));

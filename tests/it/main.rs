@@ -17,6 +17,7 @@ mod listen_set;
 mod loadtest;
 mod observability;
 mod reconnect;
+mod security;
 mod shutdown;
 mod slow_consumer;
 mod up;

@@ -56,6 +56,25 @@ impl WsClient {
         Ok(WsClient { stream })
     }
 
+    /// Connects to `url` from the loopback address `source` (to look like another client).
+    pub async fn connect_from(source: std::net::IpAddr, url: &str) -> WsClient {
+        let address: std::net::SocketAddr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .and_then(|host| host.parse().ok())
+            .expect("ws://<ip:port>/... url");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::new(source, 0))
+            .expect("bind source address");
+        let stream = socket.connect(address).await.expect("connect");
+        let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap_or_else(|e| panic!("websocket connect to {url} from {source}: {e}"));
+        WsClient { stream }
+    }
+
     /// Sends a JSON text frame.
     pub async fn send_json(&mut self, value: Value) {
         self.send(Message::text(value.to_string())).await;

@@ -245,6 +245,100 @@ pub struct ServeConfig {
     /// Durable channels.
     #[command(flatten)]
     pub durable: DurableArgs,
+
+    /// Tokens, channel permissions, origins and limits.
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// Who may connect and what they may do (docs/security.md).
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// HS256 secret: when set (or `--jwt-jwks`), every client request needs a valid token.
+    #[arg(long, env = "PGPUSH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// A JWKS file (RS256, ES256 or HS256 keys), re-read when it changes; turns tokens on.
+    #[arg(long, env = "PGPUSH_JWT_JWKS")]
+    pub jwt_jwks: Option<std::path::PathBuf>,
+
+    /// Clock skew tolerated on a token's `exp` and `nbf`.
+    #[arg(long, env = "PGPUSH_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Channels web clients may subscribe to at all: comma-separated exact names, `prefix*`
+    /// patterns, or `*` (every channel; `pgpush*` names are never reachable).
+    #[arg(
+        long,
+        env = "PGPUSH_SUBSCRIBE_ALLOW",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub subscribe_allow: Vec<String>,
+
+    /// Channels web clients may publish to at all (same patterns).
+    #[arg(
+        long,
+        env = "PGPUSH_PUBLISH_ALLOW",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub publish_allow: Vec<String>,
+
+    /// Origins browsers may connect from (`https://app.example.com`, comma-separated); a request
+    /// with another `Origin` header is refused. Empty: any origin.
+    #[arg(long, env = "PGPUSH_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Open client connections the node accepts in total.
+    #[arg(long, env = "PGPUSH_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Open client connections per client address (trusted proxies without PROXY protocol are
+    /// exempt: they carry many clients).
+    #[arg(
+        long,
+        env = "PGPUSH_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 10_000
+    )]
+    pub max_connections_per_address: usize,
+
+    /// Channels one connection may subscribe to.
+    #[arg(long, env = "PGPUSH_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: usize,
+
+    /// Publishes per second one WebSocket connection may make (bursts of as many).
+    #[arg(long, env = "PGPUSH_PUBLISH_RATE", default_value_t = 100.0)]
+    pub publish_rate: f64,
+
+    /// Publishes per second one client address may make over all its connections and requests.
+    #[arg(
+        long,
+        env = "PGPUSH_PUBLISH_RATE_PER_ADDRESS",
+        default_value_t = 1000.0
+    )]
+    pub publish_rate_per_address: f64,
+
+    /// Hippie client queues one client address may hold on a node.
+    #[arg(
+        long,
+        env = "PGPUSH_HIPPIE_MAX_QUEUES_PER_ADDRESS",
+        default_value_t = 1_000
+    )]
+    pub hippie_max_queues_per_address: usize,
+
+    /// Largest request head (request line and headers), in bytes (at least 8192).
+    #[arg(long, env = "PGPUSH_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Time a client has to send its request head (and a PROXY header) after connecting.
+    #[arg(long, env = "PGPUSH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// A connection whose peer stops acknowledging data (a half-open socket) is dropped by the
+    /// kernel after this long (TCP keepalive and TCP_USER_TIMEOUT).
+    #[arg(long, env = "PGPUSH_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 /// Settings of durable channels.

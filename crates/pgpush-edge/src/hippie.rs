@@ -28,7 +28,8 @@ pub(crate) use queue::Registry;
 use crate::{
     Node,
     config::HippieConfig,
-    http::{Body, ConnInfo, client_address, query_pairs, text},
+    http::{ApiError, Body, ConnInfo, client_address, query_pairs, text},
+    policy::{Action, Grant},
 };
 
 /// Which transport created a client's queue; it decides how long the queue outlives its
@@ -127,8 +128,9 @@ pub(crate) async fn route(
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
     rest: &str,
+    grant: Result<Grant, ApiError>,
 ) -> Response<Body> {
-    dispatch(node, conn, request, rest)
+    dispatch(node, conn, request, rest, grant)
         .await
         .unwrap_or_else(Refusal::into_response)
 }
@@ -138,6 +140,7 @@ async fn dispatch(
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
     rest: &str,
+    grant: Result<Grant, ApiError>,
 ) -> HippieResult {
     let Some(hippie) = node.hippie.as_ref() else {
         return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
@@ -176,15 +179,20 @@ async fn dispatch(
     if name.is_empty() {
         return Err(refuse(StatusCode::BAD_REQUEST, "Channel is required"));
     }
-    let channel = match crate::policy::client_channel(name) {
-        Ok(channel) => channel,
+    let action = match route {
+        HippieRoute::Publish(_) => Action::Publish,
+        _ => Action::Subscribe,
+    };
+    let checked = grant.and_then(|grant| Ok((grant.channel(action, name)?, grant)));
+    let (channel, grant) = match checked {
+        Ok(checked) => checked,
         Err(error) => {
             let status =
                 StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
             return Err(refuse(status, error.reason));
         }
     };
-    let request_info = RequestInfo::new(&node, &conn, &request);
+    let request_info = RequestInfo::new(&node, &conn, &request, grant);
     match route {
         HippieRoute::WebSocket(_) => ws::upgrade(node, conn, request, channel, request_info),
         HippieRoute::Mxhr(_) => mxhr::open(node, conn, channel, request_info).await,
@@ -206,10 +214,12 @@ pub(crate) struct RequestInfo {
     header_client_id: Option<String>,
     /// The client's address (proxy-aware).
     pub(crate) address: IpAddr,
+    /// What the client may do.
+    pub(crate) grant: Grant,
 }
 
 impl RequestInfo {
-    fn new(node: &Node, conn: &ConnInfo, request: &Request<Incoming>) -> RequestInfo {
+    fn new(node: &Node, conn: &ConnInfo, request: &Request<Incoming>, grant: Grant) -> RequestInfo {
         let from_query = query_pairs(request)
             .into_iter()
             .find(|(name, _)| name == "client_id")
@@ -228,6 +238,7 @@ impl RequestInfo {
                 request.headers(),
                 &node.config.trusted_proxies,
             ),
+            grant,
         }
     }
 }
@@ -240,6 +251,11 @@ impl RequestInfo {
             .or(form)
             .or_else(|| self.header_client_id.clone())
     }
+}
+
+/// The status a client gets when its queue cannot be opened.
+pub(crate) fn open_error_status(error: &queue::OpenError) -> StatusCode {
+    StatusCode::from_u16(error.code().http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
 }
 
 /// A new client id: 128 random bits as 32 hex characters (URL-safe, unguessable).

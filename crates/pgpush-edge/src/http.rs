@@ -15,7 +15,11 @@ use pgpush_protocol::{Channel, ErrorCode, http_error_body};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{Node, assets, hippie, metrics, policy, publish, transport};
+use crate::{
+    Node, assets, hippie, metrics,
+    policy::{Action, Grant},
+    publish, transport,
+};
 
 /// Every response body: full bytes or a stream.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -34,6 +38,8 @@ pub(crate) struct ConnInfo {
 pub(crate) struct ApiError {
     pub(crate) code: ErrorCode,
     pub(crate) reason: String,
+    /// Seconds for a `Retry-After` header (rate limits).
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -41,6 +47,7 @@ impl ApiError {
         ApiError {
             code,
             reason: reason.into(),
+            retry_after: None,
         }
     }
 
@@ -48,7 +55,13 @@ impl ApiError {
     pub(crate) fn into_response(self) -> Response<Body> {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        json(status, http_error_body(self.code, &self.reason))
+        let mut response = json(status, http_error_body(self.code, &self.reason));
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -99,7 +112,8 @@ pub(crate) async fn route(
                 .as_ref()
                 .map(|h| h.rest(p).to_owned())
                 .unwrap_or_default();
-            return Ok(hippie::route(node, conn, request, &rest).await);
+            let grant = admit(&node, &request);
+            return Ok(hippie::route(node, conn, request, &rest, grant).await);
         }
         (&Method::GET, "/metrics") if node.config.metrics_listen.is_some() => Err(ApiError::new(
             ErrorCode::NotFound,
@@ -109,12 +123,24 @@ pub(crate) async fn route(
             Ok(observe(&node, &path).unwrap_or_else(|| not_allowed(&method).into_response()))
         }
         (&Method::GET, "/demo/people") => demo_people(&node).await,
-        (&Method::GET, "/v1/ws") => transport::ws::upgrade(node, conn, request),
-        (&Method::GET, "/v1/sse") => transport::sse::open(node, conn, request).await,
-        (&Method::GET, "/v1/poll") => transport::poll::poll(node, conn, request).await,
-        (&Method::POST, p) if p.starts_with("/v1/publish/") => {
-            publish::http_publish(node, request, &p["/v1/publish/".len()..]).await
-        }
+        (&Method::GET, "/v1/ws") => match admit(&node, &request) {
+            Ok(grant) => transport::ws::upgrade(node, conn, request, grant),
+            Err(error) => Err(error),
+        },
+        (&Method::GET, "/v1/sse") => match admit(&node, &request) {
+            Ok(grant) => transport::sse::open(node, conn, request, grant).await,
+            Err(error) => Err(error),
+        },
+        (&Method::GET, "/v1/poll") => match admit(&node, &request) {
+            Ok(grant) => transport::poll::poll(node, conn, request, grant).await,
+            Err(error) => Err(error),
+        },
+        (&Method::POST, p) if p.starts_with("/v1/publish/") => match admit(&node, &request) {
+            Ok(grant) => {
+                publish::http_publish(node, conn, request, &p["/v1/publish/".len()..], grant).await
+            }
+            Err(error) => Err(error),
+        },
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/v1/stats" | "/v1/ws" | "/v1/sse" | "/v1/poll"
@@ -161,6 +187,20 @@ fn not_allowed(method: &Method) -> ApiError {
         ErrorCode::MethodNotAllowed,
         format!("method {method} is not allowed on this route"),
     )
+}
+
+/// Checks a client request's origin and token (`Authorization: Bearer`, or `?token=`).
+fn admit(node: &Node, request: &Request<Incoming>) -> Result<Grant, ApiError> {
+    let pairs = query_pairs(request);
+    let token = pairs
+        .iter()
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.as_ref());
+    let grant = node.admission.admit(request.headers(), token)?;
+    if let Some(subject) = grant.subject() {
+        tracing::Span::current().record("subject", subject);
+    }
+    Ok(grant)
 }
 
 /// The operator's routes, served on the client port and on the metrics address:
@@ -255,15 +295,39 @@ pub(crate) fn query_pairs<B>(request: &Request<B>) -> Vec<(Cow<'_, str>, Cow<'_,
         .unwrap_or_default()
 }
 
-/// Every `channel=` of the query, validated and checked against the channel policy.
+/// Every `channel=` of the query, validated, checked against the client's grant and the
+/// subscription limit.
 pub(crate) fn query_channels(
+    node: &Node,
     pairs: &[(Cow<'_, str>, Cow<'_, str>)],
+    grant: &Grant,
 ) -> Result<Vec<Channel>, ApiError> {
-    pairs
-        .iter()
-        .filter(|(name, _)| name == "channel")
-        .map(|(_, value)| policy::client_channel(value))
-        .collect()
+    let mut channels: Vec<Channel> = Vec::new();
+    for (_, value) in pairs.iter().filter(|(name, _)| name == "channel") {
+        let channel = grant.channel(Action::Subscribe, value)?;
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+        check_subscription_count(node, 0, channels.len())?;
+    }
+    Ok(channels)
+}
+
+/// `limit_exceeded` when a connection holding `existing` channels would hold more than the
+/// node's `--max-subscriptions` after `new` more.
+pub(crate) fn check_subscription_count(
+    node: &Node,
+    existing: usize,
+    new: usize,
+) -> Result<(), ApiError> {
+    let max = node.config.security.max_subscriptions;
+    if existing + new > max {
+        return Err(ApiError::new(
+            ErrorCode::LimitExceeded,
+            format!("a connection may subscribe to at most {max} channels"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,13 +4,17 @@
 //! run the same code.
 
 mod assets;
+mod auth;
 pub mod cli;
 pub mod config;
 mod drain;
 mod durable;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hippie;
 mod http;
 pub mod hub;
+mod limits;
 mod metrics;
 pub mod nginx;
 mod node;

@@ -75,6 +75,7 @@ struct NodeGauges {
     node: String,
     connections: [(&'static str, u64); 4],
     subscriptions: u64,
+    sockets: u64,
     channels_listened: u64,
     notifications_in: u64,
     durable_in: u64,
@@ -105,6 +106,7 @@ impl NodeGauges {
                 ("poll", stats.connections(Transport::Poll)),
             ],
             subscriptions: load(&stats.subscriptions),
+            sockets: node.limits.open_sockets() as u64,
             channels_listened: node.hub.channels_listened() as u64,
             notifications_in: load(&stats.notifications_in),
             durable_in: load(&stats.durable_in),
@@ -185,6 +187,12 @@ impl Collector for NodeGauges {
             MetricType::Gauge,
             "transport",
             self.connections.map(|(name, n)| (name, gauge(n as i64))),
+        )?;
+        single(
+            e,
+            "client_sockets",
+            "Open client TCP connections, whatever they are doing (a request not yet sent included)",
+            &gauge(self.sockets as i64),
         )?;
         single(
             e,

@@ -12,11 +12,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::info;
 
 use crate::{
+    auth::{Admission, AuthSetupError},
     config::ServeConfig,
     drain::{Drain, Heartbeat},
     durable::{Durable, DurableConfig},
     hippie::{Hippie, Registry},
     hub::{Hub, QueueLimits, RecentLimits, WAKE_CHANNEL},
+    limits::Limits,
     metrics, server,
     stats::Stats,
 };
@@ -33,6 +35,9 @@ pub enum StartError {
     /// `--migrate` was given and the migration failed.
     #[error("migration failed: {0}")]
     Migrate(pgpush_pg::Error),
+    /// The token configuration cannot be used.
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -74,6 +79,10 @@ pub struct Node {
     pub(crate) durable: Arc<Durable>,
     /// Whether this node is the sequencer (`None` with `--no-sequencer`).
     pub(crate) sequencer: Option<SequencerHandle>,
+    /// Origins, tokens and allow-lists.
+    pub(crate) admission: Arc<Admission>,
+    /// Connection and publish limits.
+    pub(crate) limits: Arc<Limits>,
 }
 
 impl Node {
@@ -132,6 +141,7 @@ pub async fn run(
         .clone()
         .ok_or(StartError::NoDatabase)?;
     let options = ConnectOptions::parse(&url)?;
+    let admission = Arc::new(Admission::new(&config.security)?);
     if config.durable.migrate {
         migrate(&options).await.map_err(StartError::Migrate)?;
     }
@@ -218,10 +228,21 @@ pub async fn run(
             durable.clone(),
             limits,
             config.hippie.max_queues,
+            config.security.hippie_max_queues_per_address,
         ));
         tokio::spawn(registry.clone().maintain_until(listener_shutdown.clone()));
         Hippie::new(config.hippie.clone(), registry)
     });
+    tokio::spawn(
+        admission
+            .clone()
+            .reload_jwks_until(listener_shutdown.clone()),
+    );
+    let limits = Limits::new(
+        config.security.max_connections,
+        config.security.max_connections_per_address,
+        config.security.publish_rate_per_address,
+    );
     let drain = Drain::new(shutdown.clone(), config.drain_window);
     let heartbeat = Heartbeat::start(config.ping_interval, listener_shutdown.clone());
     let hippie_keepalive = Heartbeat::start(config.hippie.keepalive, listener_shutdown.clone());
@@ -244,6 +265,8 @@ pub async fn run(
         hippie,
         durable,
         sequencer,
+        admission,
+        limits,
     });
     // Durable channels first: a client accepted before the reader knows where it starts could
     // miss the events positioned meanwhile. Without the schema the node serves anyway.

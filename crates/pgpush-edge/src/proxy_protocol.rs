@@ -64,39 +64,13 @@ pub(crate) async fn read_header(
                 ));
             }
             buffer.extend_from_slice(&chunk[..n]);
-            let parsed = HeaderResult::parse(&buffer);
-            if parsed.is_incomplete() {
-                if buffer.len() > MAX_HEADER {
-                    return Err(invalid("PROXY header too long"));
+            return match parse(&buffer) {
+                Parsed::Incomplete if buffer.len() > MAX_HEADER => {
+                    Err(invalid("PROXY header too long"))
                 }
-                continue;
-            }
-            return match parsed {
-                HeaderResult::V1(Ok(header)) => {
-                    let source = match header.addresses {
-                        v1::Addresses::Tcp4(a) => {
-                            Some(SocketAddr::from((a.source_address, a.source_port)))
-                        }
-                        v1::Addresses::Tcp6(a) => {
-                            Some(SocketAddr::from((a.source_address, a.source_port)))
-                        }
-                        v1::Addresses::Unknown => None,
-                    };
-                    Ok((source, header.header.len()))
-                }
-                HeaderResult::V2(Ok(header)) => {
-                    let source = match header.addresses {
-                        v2::Addresses::IPv4(a) => {
-                            Some(SocketAddr::from((a.source_address, a.source_port)))
-                        }
-                        v2::Addresses::IPv6(a) => {
-                            Some(SocketAddr::from((a.source_address, a.source_port)))
-                        }
-                        _ => None,
-                    };
-                    Ok((source, header.len()))
-                }
-                _ => Err(invalid("not a PROXY protocol header")),
+                Parsed::Incomplete => continue,
+                Parsed::Header { source, length } => Ok((source, length)),
+                Parsed::Invalid => Err(invalid("not a PROXY protocol header")),
             };
         }
     };
@@ -104,6 +78,53 @@ pub(crate) async fn read_header(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no PROXY header in time"))??;
     Ok((source, buffer.split_off(length)))
+}
+
+/// What the start of a connection holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Parsed {
+    /// Not enough bytes yet.
+    Incomplete,
+    /// A whole header: the client's address (`None` for UNKNOWN/LOCAL) and the header's length.
+    Header {
+        source: Option<SocketAddr>,
+        length: usize,
+    },
+    /// Not a valid PROXY header.
+    Invalid,
+}
+
+/// Parses a PROXY protocol v1 or v2 header at the start of `buffer` (sans IO).
+pub(crate) fn parse(buffer: &[u8]) -> Parsed {
+    let parsed = HeaderResult::parse(buffer);
+    if parsed.is_incomplete() {
+        return Parsed::Incomplete;
+    }
+    match parsed {
+        HeaderResult::V1(Ok(header)) => {
+            let source = match header.addresses {
+                v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                v1::Addresses::Unknown => None,
+            };
+            Parsed::Header {
+                source,
+                length: header.header.len(),
+            }
+        }
+        HeaderResult::V2(Ok(header)) => {
+            let source = match header.addresses {
+                v2::Addresses::IPv4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                v2::Addresses::IPv6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                _ => None,
+            };
+            Parsed::Header {
+                source,
+                length: header.len(),
+            }
+        }
+        _ => Parsed::Invalid,
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use tracing::{Instrument, error};
 
 use crate::{
     Node,
-    http::{ApiError, Body, json, query_pairs},
-    policy,
+    http::{ApiError, Body, ConnInfo, client_address, json, query_pairs},
+    policy::{Action, Grant},
     stats::PublishVia,
     telemetry,
 };
@@ -20,12 +20,22 @@ use crate::{
 /// `POST /v1/publish/<channel>?mode=durable|ephemeral`; the body is the payload.
 pub(crate) async fn http_publish(
     node: Arc<Node>,
+    conn: Arc<ConnInfo>,
     request: Request<Incoming>,
     channel_path: &str,
+    grant: Grant,
 ) -> Result<Response<Body>, ApiError> {
     let mode = requested_mode(&request);
+    let address = client_address(
+        conn.peer.ip(),
+        request.headers(),
+        &node.config.trusted_proxies,
+    );
     let result = match &mode {
-        Ok(mode) => http_publish_in(&node, request, channel_path, *mode).await,
+        Ok(mode) => match node.limits.publish_from(address) {
+            Ok(()) => http_publish_in(&node, request, channel_path, *mode, &grant).await,
+            Err(error) => Err(error),
+        },
         Err(error) => Err(error.clone()),
     };
     let counted = result.as_ref().map(|_| ()).map_err(|e| e.code);
@@ -53,6 +63,7 @@ async fn http_publish_in(
     request: Request<Incoming>,
     channel_path: &str,
     mode: PublishMode,
+    grant: &Grant,
 ) -> Result<Response<Body>, ApiError> {
     let name = percent_decode_str(channel_path)
         .decode_utf8()
@@ -62,7 +73,7 @@ async fn http_publish_in(
                 "channel name is not UTF-8 after URL decoding",
             )
         })?;
-    let channel = policy::client_channel(&name)?;
+    let channel = grant.channel(Action::Publish, &name)?;
     let idempotency_key = match request.headers().get("idempotency-key") {
         None => None,
         Some(value) => Some(

@@ -24,8 +24,11 @@ use crate::{
     proxy_protocol,
 };
 
-/// How long a client may take to send its request headers (slow-header clients are cut).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the metrics address waits for a request head.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused connection's request is waited for before it is answered anyway, and then
+/// how long it may take to read the answer before it is dropped.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 /// How long a connection cut as slow may keep writing what it has (its error event, its close
 /// frame) before it is dropped.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -90,7 +93,7 @@ pub(crate) async fn serve_metrics(socket: TcpListener, node: Arc<Node>, stop: Ca
                 service_fn(move |request| crate::http::metrics_route(node.clone(), request));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(METRICS_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = connection => {}
@@ -101,11 +104,28 @@ pub(crate) async fn serve_metrics(socket: TcpListener, node: Arc<Node>, stop: Ca
 }
 
 async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc<Node>) {
+    let security = &node.config.security;
     let _ = stream.set_nodelay(true);
+    set_idle_timeout(&stream, security.idle_timeout);
     let mut early_bytes = Vec::new();
-    if node.config.proxy_protocol && proxy_protocol::has_header(&stream).await.unwrap_or(false) {
-        match proxy_protocol::read_header(&mut stream).await {
-            Ok((source, rest)) => {
+    if node.config.proxy_protocol {
+        let header = tokio::time::timeout(security.handshake_timeout, async {
+            if proxy_protocol::has_header(&stream).await? {
+                proxy_protocol::read_header(&mut stream).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no PROXY header in time",
+            ))
+        });
+        match header {
+            Ok(None) => {}
+            Ok(Some((source, rest))) => {
                 // Believed only from a trusted proxy: anyone else could name any address.
                 let trusted = node
                     .config
@@ -123,6 +143,23 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
             }
         }
     }
+    // Trusted proxies carry many clients: only a client's own address is limited.
+    let trusted = node
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&peer.ip().to_canonical()));
+    let _permit = match node
+        .limits
+        .admit((!trusted).then(|| peer.ip().to_canonical()))
+    {
+        Ok(permit) => permit,
+        Err(refused) => {
+            debug!(%peer, ?refused, "connection refused by a limit");
+            refuse_connection(stream, refused.error()).await;
+            return;
+        }
+    };
     let stats = node.stats.clone();
     if early_bytes.is_empty() {
         serve_http(
@@ -148,6 +185,56 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
         )
         .await;
     }
+}
+
+/// Makes the kernel drop a connection whose peer stops acknowledging (a half-open socket): TCP
+/// keepalive probes on an idle one, and `TCP_USER_TIMEOUT` on one with unacknowledged data.
+fn set_idle_timeout(stream: &TcpStream, timeout: Duration) {
+    let socket = socket2::SockRef::from(stream);
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(timeout / 2)
+        .with_interval((timeout / 6).max(Duration::from_secs(1)))
+        .with_retries(3);
+    let _ = socket.set_tcp_keepalive(&probes);
+    let _ = socket.set_tcp_user_timeout(Some(timeout));
+}
+
+/// Answers a connection over a limit with its error and closes it, holding it at most twice
+/// [`REFUSAL_LINGER`]: the request head is read (so an HTTP client sees the answer, not a reset)
+/// or waited for that long, the answer is written, and what else arrives is read and dropped
+/// until the client closes or the linger passes.
+async fn refuse_connection(mut stream: TcpStream, error: crate::http::ApiError) {
+    use tokio::io::AsyncWriteExt;
+    let mut sink = [0u8; 1024];
+    let mut head = Vec::new();
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+            let n = stream.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&sink[..n]);
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+    let status = http::StatusCode::from_u16(error.code.http_status())
+        .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
+    let body = pgpush_protocol::http_error_body(error.code, &error.reason);
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await?;
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
 }
 
 /// A client socket that adds what is written to it to `pgpush_bytes_sent_total`.
@@ -228,6 +315,7 @@ where
                 method = %request.method(),
                 path = request.uri().path(),
                 peer = %conn.peer,
+                subject = tracing::field::Empty,
             );
             route(node.clone(), conn.clone(), request).instrument(span)
         })
@@ -236,7 +324,8 @@ where
     let connection = http1::Builder::new()
         .title_case_headers(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(node.config.security.handshake_timeout)
+        .max_buf_size(node.config.security.max_header_bytes.max(8192))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);

@@ -235,6 +235,21 @@ mod tests {
         check_path("ws/%zz", Err(HippiePathError::BadEncoding));
     }
 
+    /// Found by the `hippie` fuzz target: a number beyond f64 (`4e3333`) is valid JSON; stamping
+    /// keeps it byte for byte and the result is still one JSON object.
+    #[test]
+    fn stamping_keeps_numbers_beyond_f64() {
+        let input = "\n{\"k`\":    \n\n\n44444444444444244444443e333333044444444\n}";
+        let stamped = stamp(input, 1, "192.0.2.1").unwrap();
+        assert_eq!(
+            stamped,
+            r#"{"k`":44444444444444244444443e333333044444444,"time":1,"address":"192.0.2.1"}"#
+        );
+        let members: std::collections::HashMap<String, Box<RawValue>> =
+            serde_json::from_str(&stamped).unwrap();
+        assert_eq!(members.len(), 3);
+    }
+
     #[test]
     fn client_ids() {
         assert!(is_valid_client_id("0.8123734"));

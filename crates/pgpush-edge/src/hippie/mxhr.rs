@@ -14,7 +14,7 @@ use crate::{
     Node,
     hippie::{
         CreatedOver, HippieResult, RequestInfo, checked_client_id, epoch_seconds, new_client_id,
-        no_cache, refuse,
+        no_cache, open_error_status, refuse,
     },
     http::ConnInfo,
     stats::Transport,
@@ -40,11 +40,17 @@ pub(crate) async fn open(
     let window = hippie.window(CreatedOver::Stream);
     let attachment = match hippie
         .registry
-        .attach(&channel, &client_id, window, node.config.subscribe_timeout)
+        .attach(
+            &channel,
+            &client_id,
+            info.address,
+            window,
+            node.config.subscribe_timeout,
+        )
         .await
     {
         Ok(attachment) => attachment,
-        Err(error) => return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, error.to_string())),
+        Err(error) => return Err(refuse(open_error_status(&error), error.to_string())),
     };
     let mut reader = attachment.read(conn.kill.clone(), true).await;
     attachment.take_fresh();
@@ -79,6 +85,7 @@ pub(crate) async fn open(
             drain: Box::pin(node.drain.slot().clone().cancelled_owned()),
             kill: conn.kill.clone(),
             superseded: Some(superseded),
+            expires: info.grant.expires(),
         },
     );
     let mut response = Response::new(body.boxed_unsync());

@@ -12,7 +12,8 @@ use pgpush_protocol::{
 use crate::{
     Node,
     hippie::{
-        CreatedOver, HippieResult, RequestInfo, checked_client_id, new_client_id, no_cache, refuse,
+        CreatedOver, HippieResult, RequestInfo, checked_client_id, new_client_id, no_cache,
+        open_error_status, refuse,
     },
     http::{Body, ConnInfo, full, json},
     stats::Transport,
@@ -38,11 +39,17 @@ pub(crate) async fn handle(
     let window = hippie.window(CreatedOver::Stream);
     let attachment = match hippie
         .registry
-        .attach(&channel, &client_id, window, node.config.subscribe_timeout)
+        .attach(
+            &channel,
+            &client_id,
+            info.address,
+            window,
+            node.config.subscribe_timeout,
+        )
         .await
     {
         Ok(attachment) => attachment,
-        Err(error) => return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, error.to_string())),
+        Err(error) => return Err(refuse(open_error_status(&error), error.to_string())),
     };
     let _guard = node.stats.connection(Transport::Poll);
     let mut reader = attachment.read(conn.kill.clone(), false).await;

@@ -11,6 +11,7 @@ use crate::{
     Node,
     hippie::{HippieResult, RequestInfo, check_origin, refuse},
     http::{ApiError, ConnInfo, query_pairs, text},
+    policy::Action,
     publish,
     stats::PublishVia,
 };
@@ -18,11 +19,18 @@ use crate::{
 /// Stamps a client's JSON object and publishes it (ephemeral, as the original did).
 pub(crate) async fn stamp_and_publish(
     node: &Node,
+    info: &RequestInfo,
     channel: &Channel,
     message: &str,
-    address: IpAddr,
 ) -> Result<(), ApiError> {
-    let result = stamp_and_publish_in(node, channel, message, address).await;
+    let result = match info
+        .grant
+        .check(Action::Publish, channel)
+        .and_then(|()| node.limits.publish_from(info.address))
+    {
+        Ok(()) => stamp_and_publish_in(node, channel, message, info.address).await,
+        Err(error) => Err(error),
+    };
     node.stats.count_publish(
         PublishVia::Hippie,
         Some(PublishMode::Ephemeral),
@@ -106,7 +114,7 @@ pub(crate) async fn handle(
     let Some(message) = find(&form, "message").or_else(|| find(&query, "message")) else {
         return Err(refuse(StatusCode::BAD_REQUEST, "message is required"));
     };
-    match stamp_and_publish(&node, &channel, &message, info.address).await {
+    match stamp_and_publish(&node, &info, &channel, &message).await {
         Ok(()) => Ok(text(
             StatusCode::OK,
             format!("Event published on {channel}"),

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
@@ -12,7 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use pgpush_protocol::{Channel, Message, hippie::error_message};
+use pgpush_protocol::{Channel, ErrorCode, Message, hippie::error_message};
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -28,9 +29,22 @@ pub(crate) enum OpenError {
     /// The node holds `--hippie-max-queues` queues already.
     #[error("too many client queues on this node")]
     TooMany,
+    /// The client's address holds `--hippie-max-queues-per-address` queues already.
+    #[error("too many client queues for your address")]
+    TooManyFromAddress,
     /// PostgreSQL did not confirm LISTEN.
     #[error(transparent)]
     Unavailable(#[from] SubscribeError),
+}
+
+impl OpenError {
+    /// The error code and HTTP status a client is answered with.
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            OpenError::TooMany | OpenError::Unavailable(_) => ErrorCode::Unavailable,
+            OpenError::TooManyFromAddress => ErrorCode::LimitExceeded,
+        }
+    }
 }
 
 type Key = (Channel, Arc<str>);
@@ -41,8 +55,11 @@ pub(crate) struct Registry {
     hub: Arc<Hub>,
     durable: Arc<Durable>,
     queues: Mutex<HashMap<Key, Arc<ClientQueue>>>,
+    /// Queues per client address (the creator's); locked inside `queues`, never alone before it.
+    per_address: Mutex<HashMap<IpAddr, usize>>,
     limits: QueueLimits,
     max_queues: usize,
+    max_per_address: usize,
     created: AtomicU64,
 }
 
@@ -52,6 +69,8 @@ pub(crate) struct ClientQueue {
     hub: Arc<Hub>,
     channel: Channel,
     client_id: Arc<str>,
+    /// The address that created it.
+    owner: IpAddr,
     window: Duration,
     outbox: Arc<Outbox>,
     inbox: Arc<tokio::sync::Mutex<Inbox>>,
@@ -93,14 +112,32 @@ impl Registry {
         durable: Arc<Durable>,
         limits: QueueLimits,
         max_queues: usize,
+        max_per_address: usize,
     ) -> Registry {
         Registry {
             hub,
             durable,
             queues: Mutex::new(HashMap::new()),
+            per_address: Mutex::new(HashMap::new()),
             limits,
             max_queues,
+            max_per_address,
             created: AtomicU64::new(0),
+        }
+    }
+
+    fn lock_per_address(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_address.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets one queue of `owner` (called with the `queues` lock held).
+    fn release(&self, owner: IpAddr) {
+        let mut per_address = self.lock_per_address();
+        if let Some(count) = per_address.get_mut(&owner) {
+            *count -= 1;
+            if *count == 0 {
+                per_address.remove(&owner);
+            }
         }
     }
 
@@ -130,6 +167,7 @@ impl Registry {
         &self,
         channel: &Channel,
         client_id: &str,
+        address: IpAddr,
         window: Duration,
         subscribe_timeout: Duration,
     ) -> Result<Attachment, OpenError> {
@@ -144,11 +182,20 @@ impl Registry {
                     if queues.len() >= self.max_queues {
                         return Err(OpenError::TooMany);
                     }
+                    {
+                        let mut per_address = self.lock_per_address();
+                        let owned = per_address.entry(address).or_insert(0);
+                        if *owned >= self.max_per_address {
+                            return Err(OpenError::TooManyFromAddress);
+                        }
+                        *owned += 1;
+                    }
                     let (outbox, inbox) = self.hub.outbox_with(self.limits, None);
                     let queue = Arc::new(ClientQueue {
                         hub: self.hub.clone(),
                         channel: channel.clone(),
                         client_id: key.1.clone(),
+                        owner: address,
                         window,
                         outbox,
                         inbox: Arc::new(tokio::sync::Mutex::new(inbox)),
@@ -182,6 +229,7 @@ impl Registry {
                 .is_some_and(|q| Arc::ptr_eq(q, &queue) && q.subscribed.get().is_none())
             {
                 queues.remove(&key);
+                self.release(queue.owner);
             }
             return Err(error.into());
         }
@@ -267,6 +315,7 @@ impl Registry {
                 && state.detached_since.is_some_and(|since| now.duration_since(since) > queue.window);
             if expired {
                 debug!(channel = %queue.channel, client_id = %queue.client_id, "hippie queue expired");
+                self.release(queue.owner);
             }
             !expired
         });

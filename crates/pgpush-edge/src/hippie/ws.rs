@@ -1,6 +1,6 @@
 //! `<prefix>/ws/<channel>`: Hippie over WebSocket, JSON frames both ways.
 
-use std::{net::IpAddr, sync::Arc};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -36,7 +36,7 @@ pub(crate) fn upgrade(
         Ok(accept) => accept,
         Err(error) => return Err(refuse(StatusCode::BAD_REQUEST, error.reason)),
     };
-    let client_id = match info.client_id {
+    let client_id = match info.client_id.clone() {
         Some(id) => match checked_client_id(&id) {
             Ok(()) => id,
             Err(refused) => return Err(refused),
@@ -45,7 +45,7 @@ pub(crate) fn upgrade(
     };
     let task_node = node.clone();
     Ok(websocket::upgrade(&node, &mut request, accept, move |io| {
-        run(task_node, conn, io, channel, client_id, info.address)
+        run(task_node, conn, io, channel, client_id, info)
     }))
 }
 
@@ -55,7 +55,7 @@ async fn run(
     mut io: WsIo,
     channel: Channel,
     client_id: String,
-    address: IpAddr,
+    info: RequestInfo,
 ) {
     let Some(hippie) = node.hippie.as_ref() else {
         return;
@@ -64,7 +64,13 @@ async fn run(
     let window = hippie.window(CreatedOver::WebSocket);
     let attachment = match hippie
         .registry
-        .attach(&channel, &client_id, window, node.config.subscribe_timeout)
+        .attach(
+            &channel,
+            &client_id,
+            info.address,
+            window,
+            node.config.subscribe_timeout,
+        )
         .await
     {
         Ok(attachment) => attachment,
@@ -73,9 +79,13 @@ async fn run(
                 drain: node.drain.slot(),
                 kill: &conn.kill,
                 superseded: None,
+                expires: None,
             };
             let _ = io
-                .send_text(error_message("unavailable", &error.to_string()), &interrupt)
+                .send_text(
+                    error_message(error.code().as_str(), &error.to_string()),
+                    &interrupt,
+                )
                 .await;
             io.close(
                 tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Again,
@@ -91,6 +101,7 @@ async fn run(
         drain: node.drain.slot(),
         kill: &conn.kill,
         superseded: Some(attachment.superseded()),
+        expires: info.grant.expires().map(websocket::deadline),
     };
     // set_client_id first (on every resume, so the client's reconnect backoff resets), then
     // what was queued while the client was away, then any overflow it missed.
@@ -104,7 +115,7 @@ async fn run(
         let mut protocol = HippieWs {
             node: node.clone(),
             channel,
-            address,
+            info,
         };
         end = Err(websocket::serve(
             &mut io,
@@ -130,7 +141,7 @@ async fn run(
 struct HippieWs {
     node: Arc<Node>,
     channel: Channel,
-    address: IpAddr,
+    info: RequestInfo,
 }
 
 impl WsProtocol for HippieWs {
@@ -146,7 +157,7 @@ impl WsProtocol for HippieWs {
         text: &str,
         interrupt: &Interrupt<'_>,
     ) -> Result<(), End> {
-        match publish::stamp_and_publish(&self.node, &self.channel, text, self.address).await {
+        match publish::stamp_and_publish(&self.node, &self.info, &self.channel, text).await {
             Ok(()) => Ok(()),
             Err(error) => {
                 io.send_text(error_message(error.code.as_str(), &error.reason), interrupt)

@@ -11,6 +11,7 @@ use crate::{
     Node,
     http::{ApiError, Body, ConnInfo, json, query_channels, query_pairs},
     hub::Session,
+    policy::Grant,
     resume::{self, ReplayBatch},
     stats::Transport,
 };
@@ -27,9 +28,10 @@ pub(crate) async fn poll(
     node: Arc<Node>,
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
+    grant: Grant,
 ) -> Result<Response<Body>, ApiError> {
     let pairs = query_pairs(&request);
-    let channels = query_channels(&pairs)?;
+    let channels = query_channels(&node, &pairs, &grant)?;
     if channels.is_empty() {
         return Err(ApiError::new(
             ErrorCode::BadRequest,

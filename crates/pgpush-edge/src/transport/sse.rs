@@ -14,6 +14,7 @@ use crate::{
     Node,
     http::{ApiError, Body, ConnInfo, query_channels, query_pairs},
     hub::Session,
+    policy::Grant,
     resume::{self, ReplayBatch},
     stats::Transport,
     transport::stream_body::{StreamBody, StreamEnds, StreamFormat},
@@ -29,9 +30,10 @@ pub(crate) async fn open(
     node: Arc<Node>,
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
+    grant: Grant,
 ) -> Result<Response<Body>, ApiError> {
     let pairs = query_pairs(&request);
-    let channels = query_channels(&pairs)?;
+    let channels = query_channels(&node, &pairs, &grant)?;
     if channels.is_empty() {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -102,6 +104,7 @@ pub(crate) async fn open(
             drain: Box::pin(node.drain.slot().clone().cancelled_owned()),
             kill: conn.kill.clone(),
             superseded: None,
+            expires: grant.expires(),
         },
     );
     let mut response = Response::new(body.boxed_unsync());
@@ -162,6 +165,13 @@ impl StreamFormat for SseFormat {
         Some(SseFormat::error_event(
             ErrorCode::SlowConsumer,
             "queue overflowed; reconnect",
+        ))
+    }
+
+    fn expired(&self) -> Option<Bytes> {
+        Some(SseFormat::error_event(
+            ErrorCode::Unauthorized,
+            "token expired; reconnect with a fresh token",
         ))
     }
 }

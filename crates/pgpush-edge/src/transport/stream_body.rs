@@ -40,6 +40,10 @@ pub(crate) trait StreamFormat: Send + Unpin + 'static {
     fn shutdown(&self) -> Option<Bytes>;
     /// The last bytes when the client is cut off as slow.
     fn overflow(&self) -> Option<Bytes>;
+    /// The last bytes when the client's token expires.
+    fn expired(&self) -> Option<Bytes> {
+        None
+    }
 }
 
 /// The signals that end a stream.
@@ -50,6 +54,8 @@ pub(crate) struct StreamEnds {
     pub(crate) kill: CancellationToken,
     /// A newer connection took over (Hippie), if that can happen.
     pub(crate) superseded: Option<CancellationToken>,
+    /// The client's token expiring, when it has one.
+    pub(crate) expires: Option<std::time::SystemTime>,
 }
 
 /// Body chunks sent before the queue (a replay); an `Err` chunk is sent and ends the stream.
@@ -69,6 +75,7 @@ pub(crate) struct StreamBody<F: StreamFormat> {
     drain: Pin<Box<dyn Future<Output = ()> + Send>>,
     kill: Pin<Box<WaitForCancellationFutureOwned>>,
     superseded: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    expires: Option<Pin<Box<tokio::time::Sleep>>>,
     batch: Vec<Arc<Message>>,
     finished: bool,
 }
@@ -98,6 +105,9 @@ impl<F: StreamFormat> StreamBody<F> {
             drain: ends.drain,
             kill: Box::pin(ends.kill.cancelled_owned()),
             superseded: ends.superseded.map(|t| Box::pin(t.cancelled_owned())),
+            expires: ends
+                .expires
+                .map(|at| Box::pin(tokio::time::sleep_until(super::websocket::deadline(at)))),
             batch: Vec::new(),
             finished: false,
         }
@@ -140,6 +150,12 @@ impl<F: StreamFormat> http_body::Body for StreamBody<F> {
             && superseded.as_mut().poll(cx).is_ready()
         {
             return this.finish(None);
+        }
+        if let Some(expires) = &mut this.expires
+            && expires.as_mut().poll(cx).is_ready()
+        {
+            let last = this.format.expired();
+            return this.finish(last);
         }
         if this.pending.is_empty()
             && let Some(prelude) = &mut this.prelude

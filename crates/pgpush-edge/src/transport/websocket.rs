@@ -68,6 +68,17 @@ pub(crate) fn draining() -> End {
     )
 }
 
+/// Close code for a connection whose token expired: reconnect with a fresh token.
+pub(crate) const TOKEN_EXPIRED: u16 = 4001;
+
+/// The monotonic moment of a wall-clock deadline (a token's `exp`).
+pub(crate) fn deadline(at: std::time::SystemTime) -> tokio::time::Instant {
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::Instant::now() + left
+}
+
 /// Checks an RFC 6455 upgrade request and derives `Sec-WebSocket-Accept`.
 pub(crate) fn accept_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let bad = |reason: &str| ApiError::new(ErrorCode::BadRequest, reason);
@@ -203,6 +214,8 @@ pub(crate) struct Interrupt<'a> {
     pub(crate) drain: &'a CancellationToken,
     pub(crate) kill: &'a CancellationToken,
     pub(crate) superseded: Option<&'a CancellationToken>,
+    /// When the client's token expires.
+    pub(crate) expires: Option<tokio::time::Instant>,
 }
 
 impl Interrupt<'_> {
@@ -214,11 +227,18 @@ impl Interrupt<'_> {
                 None => std::future::pending().await,
             }
         };
+        let expired = async {
+            match self.expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = self.drain.cancelled() => draining(),
             _ = self.kill.cancelled() => slow_consumer(),
             _ = superseded => End::Close(CloseCode::Normal, "another connection took over this client_id"),
+            _ = expired => End::Close(CloseCode::from(TOKEN_EXPIRED), "token expired; reconnect with a fresh token"),
         }
     }
 }

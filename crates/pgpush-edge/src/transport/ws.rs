@@ -1,6 +1,6 @@
 //! `/v1/ws`: the native WebSocket protocol (subscribe, unsubscribe, publish, ping frames).
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -15,9 +15,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::{
     Node,
-    http::{ApiError, Body, ConnInfo, query_channels, query_pairs},
+    http::{ApiError, Body, ConnInfo, client_address, query_channels, query_pairs},
     hub::Session,
-    policy, publish,
+    limits::{Bucket, rate_limited},
+    policy::{Action, Grant},
+    publish,
     resume::{self, ReplayBatch},
     stats::{PublishVia, Transport},
     transport::websocket::{self, Beats, End, Interrupt, WsIo, WsProtocol},
@@ -29,10 +31,16 @@ pub(crate) fn upgrade(
     node: Arc<Node>,
     conn: Arc<ConnInfo>,
     mut request: Request<Incoming>,
+    grant: Grant,
 ) -> Result<Response<Body>, ApiError> {
     let accept = websocket::accept_key(request.headers())?;
     let pairs = query_pairs(&request);
-    let channels = query_channels(&pairs)?;
+    let channels = query_channels(&node, &pairs, &grant)?;
+    let address = client_address(
+        conn.peer.ip(),
+        request.headers(),
+        &node.config.trusted_proxies,
+    );
     let since = pairs
         .iter()
         .find(|(name, _)| name == "since")
@@ -42,9 +50,16 @@ pub(crate) fn upgrade(
     }
     drop(pairs);
     let task_node = node.clone();
+    let client = Client { grant, address };
     Ok(websocket::upgrade(&node, &mut request, accept, move |io| {
-        run(task_node, conn, io, channels, since)
+        run(task_node, conn, io, channels, since, client)
     }))
+}
+
+/// Who is on the other end of a connection: what it may do, and from where.
+struct Client {
+    grant: Grant,
+    address: IpAddr,
 }
 
 async fn run(
@@ -53,17 +68,22 @@ async fn run(
     mut io: WsIo,
     channels: Vec<Channel>,
     since: Option<String>,
+    client: Client,
 ) {
     let _guard = node.stats.connection(Transport::WebSocket);
     let (outbox, mut inbox) = node.hub.outbox(Some(conn.kill.clone()));
+    let expires = client.grant.expires();
     let mut protocol = Native {
         node: node.clone(),
         session: Session::new(node.hub.clone(), outbox),
+        publishes: Bucket::full(node.config.security.publish_rate),
+        client,
     };
     let interrupt = Interrupt {
         drain: node.drain.slot(),
         kill: &conn.kill,
         superseded: None,
+        expires: expires.map(websocket::deadline),
     };
     let mut end = Ok(());
     if !channels.is_empty() {
@@ -96,6 +116,9 @@ async fn run(
 struct Native {
     node: Arc<Node>,
     session: Session,
+    client: Client,
+    /// This connection's publish rate.
+    publishes: Bucket,
 }
 
 impl WsProtocol for Native {
@@ -145,7 +168,7 @@ impl WsProtocol for Native {
                 mode,
             } => {
                 let mode = mode.unwrap_or(PublishMode::Durable);
-                let published = match policy::check_client_access(&channel) {
+                let published = match self.may_publish(&channel) {
                     Ok(()) => publish::publish(&self.node, &channel, data, mode, None, None).await,
                     Err(error) => Err(error),
                 };
@@ -192,6 +215,16 @@ impl WsProtocol for Native {
 }
 
 impl Native {
+    /// Checks the channel against the grant, then this connection's and its address's rates.
+    fn may_publish(&mut self, channel: &Channel) -> Result<(), ApiError> {
+        self.client.grant.check(Action::Publish, channel)?;
+        let rate = self.node.config.security.publish_rate;
+        self.publishes
+            .take(rate)
+            .map_err(|wait| rate_limited(wait, "on this connection"))?;
+        self.node.limits.publish_from(self.client.address)
+    }
+
     /// Subscribes (replaying after `since`), sends the replay and then `subscribed` with the
     /// connection's cursor; live messages queued meanwhile follow.
     async fn subscribe(
@@ -202,10 +235,20 @@ impl Native {
         reference: Option<&str>,
         interrupt: &Interrupt<'_>,
     ) -> Result<(), End> {
-        if let Some(error) = channels
+        let allowed = channels
             .iter()
-            .find_map(|c| policy::check_client_access(c).err())
-        {
+            .try_for_each(|c| self.client.grant.check(Action::Subscribe, c))
+            .and_then(|()| {
+                crate::http::check_subscription_count(
+                    &self.node,
+                    self.session.channels().count(),
+                    channels
+                        .iter()
+                        .filter(|c| !self.session.channels().any(|s| s == *c))
+                        .count(),
+                )
+            });
+        if let Err(error) = allowed {
             return send_error(io, error.code, &error.reason, reference, interrupt).await;
         }
         let resumed =

@@ -1,0 +1,299 @@
+//! Admitting a client request: its `Origin`, and its JWT (HS256 secret or a JWKS file that is
+//! re-read when it changes) turned into a [`Grant`].
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use http::{HeaderMap, header};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind, jwk::JwkSet};
+use pgpush_protocol::ErrorCode;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    config::SecurityArgs,
+    http::ApiError,
+    policy::{AllowLists, Grant, Pattern, TokenGrant},
+};
+
+/// The algorithms a token may be signed with.
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256];
+/// How often the JWKS file's modification time is checked.
+const JWKS_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A verification key and the one algorithm it verifies.
+struct Key {
+    id: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .field("algorithm", &self.algorithm)
+            .finish()
+    }
+}
+
+/// The claims pgpush reads.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    exp: u64,
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+}
+
+/// Why the node could not start its token checks.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    /// The JWKS file cannot be read or parsed.
+    #[error("cannot use the JWKS file {path}: {reason}")]
+    Jwks {
+        /// The configured path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The node's admission rules.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    lists: Arc<AllowLists>,
+    origins: Vec<String>,
+    /// `None` when tokens are off.
+    tokens: Option<Tokens>,
+}
+
+#[derive(Debug)]
+struct Tokens {
+    secret: Option<Key>,
+    jwks: Option<PathBuf>,
+    jwks_keys: RwLock<(Option<SystemTime>, Vec<Key>)>,
+    leeway: Duration,
+}
+
+impl Admission {
+    /// Builds the rules from the configuration (reading the JWKS file once).
+    pub(crate) fn new(config: &SecurityArgs) -> Result<Admission, AuthSetupError> {
+        let lists = Arc::new(AllowLists {
+            subscribe: Pattern::parse_all(&config.subscribe_allow),
+            publish: Pattern::parse_all(&config.publish_allow),
+        });
+        let tokens = if config.jwt_secret.is_some() || config.jwt_jwks.is_some() {
+            let tokens = Tokens {
+                secret: config.jwt_secret.as_ref().map(|secret| Key {
+                    id: None,
+                    algorithm: Algorithm::HS256,
+                    key: DecodingKey::from_secret(secret.as_bytes()),
+                }),
+                jwks: config.jwt_jwks.clone(),
+                jwks_keys: RwLock::new((None, Vec::new())),
+                leeway: config.jwt_leeway,
+            };
+            if let Some(path) = &tokens.jwks {
+                let (modified, keys) = read_jwks(path).map_err(|reason| AuthSetupError::Jwks {
+                    path: path.clone(),
+                    reason,
+                })?;
+                *tokens.jwks_keys.write().unwrap_or_else(|e| e.into_inner()) =
+                    (Some(modified), keys);
+            }
+            Some(tokens)
+        } else {
+            None
+        };
+        Ok(Admission {
+            lists,
+            origins: config
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            tokens,
+        })
+    }
+
+    /// Checks a client request's origin and token; the grant says what it may touch.
+    pub(crate) fn admit(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Grant, ApiError> {
+        self.check_origin(headers)?;
+        let Some(tokens) = &self.tokens else {
+            return Ok(Grant::new(self.lists.clone(), None));
+        };
+        let token = bearer(headers).or(query_token).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "a token is required: Authorization: Bearer <token>, or ?token=<token>",
+            )
+        })?;
+        let grant = tokens.verify(token)?;
+        Ok(Grant::new(self.lists.clone(), Some(grant)))
+    }
+
+    fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            // Not a browser request (or a same-origin GET): nothing to check.
+            return Ok(());
+        };
+        if self.origins.is_empty() {
+            return Ok(());
+        }
+        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        if self
+            .origins
+            .iter()
+            .any(|allowed| allowed == "*" || allowed == origin)
+        {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("origin {origin:?} is not allowed"),
+            ))
+        }
+    }
+
+    /// Re-reads the JWKS file whenever it changes, until `stop`. A file that no longer parses
+    /// keeps the previous keys (and is logged).
+    pub(crate) async fn reload_jwks_until(self: Arc<Self>, stop: CancellationToken) {
+        let Some((tokens, path)) = self
+            .tokens
+            .as_ref()
+            .and_then(|t| Some((t, t.jwks.clone()?)))
+        else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(JWKS_CHECK_INTERVAL) => {}
+            }
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            let known = tokens.jwks_keys.read().unwrap_or_else(|e| e.into_inner()).0;
+            if modified.is_none() || modified == known {
+                continue;
+            }
+            match read_jwks(&path) {
+                Ok((modified, keys)) => {
+                    info!(path = %path.display(), keys = keys.len(), "JWKS reloaded");
+                    *tokens.jwks_keys.write().unwrap_or_else(|e| e.into_inner()) =
+                        (Some(modified), keys);
+                }
+                Err(reason) => {
+                    warn!(path = %path.display(), %reason, "JWKS not reloaded; keeping the previous keys")
+                }
+            }
+        }
+    }
+}
+
+impl Tokens {
+    fn verify(&self, token: &str) -> Result<TokenGrant, ApiError> {
+        let unauthorized = |reason: &str| ApiError::new(ErrorCode::Unauthorized, reason);
+        // `alg: none` and algorithms we do not accept fail here, before any key is tried.
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| unauthorized("the token is malformed or its algorithm is not accepted"))?;
+        if !ALGORITHMS.contains(&header.alg) {
+            return Err(unauthorized(
+                "the token's algorithm is not accepted (HS256, RS256, ES256)",
+            ));
+        }
+        let jwks = self.jwks_keys.read().unwrap_or_else(|e| e.into_inner());
+        let candidates = self.secret.iter().chain(jwks.1.iter()).filter(|key| {
+            key.algorithm == header.alg
+                && (header.kid.is_none() || key.id.is_none() || key.id == header.kid)
+        });
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        let mut last = unauthorized("no key of this server verifies the token");
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => return Ok(grant(data.claims)),
+                Err(error) => {
+                    last = match error.kind() {
+                        ErrorKind::ExpiredSignature => {
+                            return Err(unauthorized("the token has expired"));
+                        }
+                        ErrorKind::ImmatureSignature => {
+                            return Err(unauthorized("the token is not valid yet (nbf)"));
+                        }
+                        ErrorKind::InvalidSignature => {
+                            unauthorized("the token's signature is not valid")
+                        }
+                        ErrorKind::MissingRequiredClaim(_) => {
+                            return Err(unauthorized("the token has no exp claim"));
+                        }
+                        ErrorKind::Json(_) => {
+                            return Err(unauthorized("the token's claims are malformed"));
+                        }
+                        _ => unauthorized("the token is not valid"),
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+fn grant(claims: Claims) -> TokenGrant {
+    TokenGrant {
+        subject: claims.sub,
+        subscribe: Pattern::parse_all(&claims.subscribe),
+        publish: Pattern::parse_all(&claims.publish),
+        expires: UNIX_EPOCH + Duration::from_secs(claims.exp),
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The keys of a JWKS file, and its modification time. Keys without a supported `alg` are
+/// skipped.
+fn read_jwks(path: &PathBuf) -> Result<(SystemTime, Vec<Key>), String> {
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let set: JwkSet = serde_json::from_str(&text).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let Some(algorithm) = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| a.to_string().parse::<Algorithm>().ok())
+            .filter(|a| ALGORITHMS.contains(a))
+        else {
+            continue;
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("bad key: {e}"))?;
+        keys.push(Key {
+            id: jwk.common.key_id.clone(),
+            algorithm,
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err("no HS256, RS256 or ES256 key with an `alg`".to_owned());
+    }
+    Ok((modified, keys))
+}

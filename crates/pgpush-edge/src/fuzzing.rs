@@ -1,0 +1,70 @@
+//! Entry points for the fuzz targets in `fuzz/`: the node's own parsers of network input.
+//!
+//! Not a stable API; each function only has to return (any result) for every input.
+
+use std::sync::OnceLock;
+
+use clap::Parser;
+
+use crate::{
+    auth::Admission,
+    config::{Cli, CliCommand},
+};
+
+/// A PROXY protocol v1/v2 header at the start of a connection.
+pub fn proxy_header(data: &[u8]) {
+    let _ = crate::proxy_protocol::parse(data);
+}
+
+/// A token from `Authorization: Bearer` or `?token=`, checked by a node with an HS256 secret.
+pub fn token(data: &str) {
+    static ADMISSION: OnceLock<Admission> = OnceLock::new();
+    let admission = ADMISSION.get_or_init(|| {
+        let cli = Cli::try_parse_from(["pgpush", "serve", "--jwt-secret", "fuzzing secret"])
+            .expect("fuzzing configuration parses");
+        let CliCommand::Serve(config) = cli.command else {
+            unreachable!("a serve command")
+        };
+        Admission::new(&config.security).expect("tokens configured")
+    });
+    let _ = admission.admit(&http::HeaderMap::new(), Some(data));
+    if let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {data}")) {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, value);
+        let _ = admission.admit(&headers, None);
+    }
+}
+
+/// A query string or form body: every `channel=` checked as a client's subscription.
+pub fn query(data: &[u8]) {
+    let admission = Admission::new(&default_security()).expect("no tokens");
+    if let Ok(grant) = admission.admit(&http::HeaderMap::new(), None) {
+        for (name, value) in form_urlencoded::parse(data) {
+            if name == "channel" {
+                let _ = grant.channel(crate::policy::Action::Subscribe, &value);
+            }
+        }
+    }
+}
+
+/// An `X-Forwarded-For` header seen from a trusted proxy.
+pub fn forwarded_for(data: &[u8]) {
+    if let Ok(value) = http::HeaderValue::from_bytes(data) {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-forwarded-for", value);
+        let trusted = ["127.0.0.0/8".parse().expect("a network")];
+        let _ = crate::http::client_address(
+            "127.0.0.1".parse().expect("an address"),
+            &headers,
+            &trusted,
+        );
+    }
+}
+
+fn default_security() -> crate::config::SecurityArgs {
+    let cli = Cli::try_parse_from(["pgpush", "serve"]).expect("defaults parse");
+    let CliCommand::Serve(config) = cli.command else {
+        unreachable!("a serve command")
+    };
+    config.security
+}

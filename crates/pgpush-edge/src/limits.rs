@@ -1,0 +1,224 @@
+//! Per-node and per-address limits: open connections (a guard per connection) and publish
+//! rates (token buckets per connection and per address).
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use pgpush_protocol::ErrorCode;
+
+use crate::http::ApiError;
+
+/// Address entries kept before idle ones are forgotten.
+const ADDRESSES_BEFORE_SWEEP: usize = 10_000;
+
+/// A token bucket: `rate` tokens a second, holding at most `rate` (one second of burst).
+#[derive(Debug, Clone)]
+pub(crate) struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    pub(crate) fn full(rate: f64) -> Bucket {
+        Bucket {
+            tokens: rate,
+            updated: Instant::now(),
+        }
+    }
+
+    /// Takes one token, or says how long until one is there.
+    pub(crate) fn take(&mut self, rate: f64) -> Result<(), Duration> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate.max(1.0));
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
+}
+
+/// The `rate_limited` error, with the seconds to wait.
+pub(crate) fn rate_limited(wait: Duration, what: &str) -> ApiError {
+    let mut error = ApiError::new(
+        ErrorCode::RateLimited,
+        format!(
+            "too many publishes {what}; retry in {} s",
+            retry_after(wait)
+        ),
+    );
+    error.retry_after = Some(retry_after(wait));
+    error
+}
+
+/// Whole seconds to wait, at least 1 (`Retry-After` has no fractions).
+fn retry_after(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// The node's limits and their state.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    max_connections: usize,
+    max_per_address: usize,
+    publish_rate_per_address: f64,
+    connections: Mutex<Connections>,
+    publishes: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+#[derive(Debug, Default)]
+struct Connections {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The node holds `--max-connections`.
+    NodeFull,
+    /// The address holds `--max-connections-per-address`.
+    AddressFull,
+}
+
+impl Refused {
+    pub(crate) fn error(self) -> ApiError {
+        match self {
+            Refused::NodeFull => ApiError::new(
+                ErrorCode::Unavailable,
+                "this node is at its connection limit; try another",
+            ),
+            Refused::AddressFull => ApiError::new(
+                ErrorCode::LimitExceeded,
+                "too many connections from your address",
+            ),
+        }
+    }
+}
+
+/// Counts one open connection until dropped.
+#[derive(Debug)]
+pub(crate) struct ConnectionPermit {
+    limits: Arc<Limits>,
+    address: Option<IpAddr>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut connections = self.limits.lock_connections();
+        connections.total -= 1;
+        if let Some(address) = self.address
+            && let Some(count) = connections.per_address.get_mut(&address)
+        {
+            *count -= 1;
+            if *count == 0 {
+                connections.per_address.remove(&address);
+            }
+        }
+    }
+}
+
+impl Limits {
+    pub(crate) fn new(
+        max_connections: usize,
+        max_per_address: usize,
+        publish_rate_per_address: f64,
+    ) -> Arc<Limits> {
+        Arc::new(Limits {
+            max_connections,
+            max_per_address,
+            publish_rate_per_address,
+            connections: Mutex::new(Connections::default()),
+            publishes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a connection from `address` (`None`: not counted per address, as for a trusted
+    /// proxy carrying many clients).
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        address: Option<IpAddr>,
+    ) -> Result<ConnectionPermit, Refused> {
+        let mut connections = self.lock_connections();
+        if connections.total >= self.max_connections {
+            return Err(Refused::NodeFull);
+        }
+        if let Some(address) = address {
+            if connections.per_address.get(&address).copied().unwrap_or(0) >= self.max_per_address {
+                return Err(Refused::AddressFull);
+            }
+            *connections.per_address.entry(address).or_insert(0) += 1;
+        }
+        connections.total += 1;
+        Ok(ConnectionPermit {
+            limits: self.clone(),
+            address,
+        })
+    }
+
+    /// Open client sockets (every TCP connection admitted and not yet closed).
+    pub(crate) fn open_sockets(&self) -> usize {
+        self.lock_connections().total
+    }
+
+    /// Takes one publish from `address`'s bucket.
+    pub(crate) fn publish_from(&self, address: IpAddr) -> Result<(), ApiError> {
+        let rate = self.publish_rate_per_address;
+        let mut buckets = self.publishes.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= ADDRESSES_BEFORE_SWEEP {
+            // A bucket idle for a second is full again: forgetting it changes nothing.
+            let now = Instant::now();
+            buckets.retain(|_, b| now.duration_since(b.updated) < Duration::from_secs(1));
+        }
+        buckets
+            .entry(address)
+            .or_insert_with(|| Bucket::full(rate))
+            .take(rate)
+            .map_err(|wait| rate_limited(wait, "from your address"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_counted_per_node_and_per_address() {
+        let limits = Limits::new(3, 2, 10.0);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = limits.admit(Some(a)).unwrap();
+        let _second = limits.admit(Some(a)).unwrap();
+        assert_eq!(limits.admit(Some(a)).unwrap_err(), Refused::AddressFull);
+        let _third = limits.admit(Some(b)).unwrap();
+        assert_eq!(limits.admit(None).unwrap_err(), Refused::NodeFull);
+        drop(first);
+        // Both counts went down: `a` has room again, the node has exactly one place.
+        let again = limits.admit(Some(a)).unwrap();
+        assert_eq!(limits.admit(Some(b)).unwrap_err(), Refused::NodeFull);
+        drop(again);
+        assert!(limits.lock_connections().per_address.get(&a) == Some(&1));
+    }
+
+    #[test]
+    fn a_bucket_allows_a_second_of_burst_then_the_rate() {
+        let mut bucket = Bucket::full(5.0);
+        for _ in 0..5 {
+            assert!(bucket.take(5.0).is_ok());
+        }
+        let wait = bucket.take(5.0).unwrap_err();
+        assert!(wait <= Duration::from_millis(200), "{wait:?}");
+        assert_eq!(retry_after(wait), 1);
+    }
+}
