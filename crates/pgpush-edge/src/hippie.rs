@@ -88,6 +88,27 @@ impl Hippie {
         }
     }
 
+    /// Attaches to (or creates) the queue of `client_id` on `channel` for this request's client,
+    /// with the window of the transport that creates it.
+    pub(crate) async fn open_queue(
+        &self,
+        node: &Node,
+        channel: &pgpush_protocol::Channel,
+        client_id: &str,
+        info: &RequestInfo,
+        created_over: CreatedOver,
+    ) -> Result<queue::Attachment, queue::OpenError> {
+        self.registry
+            .attach(
+                channel,
+                client_id,
+                info.address,
+                self.window(created_over),
+                node.config.subscribe_timeout,
+            )
+            .await
+    }
+
     fn stats_text(&self) -> String {
         format!(
             "current_subscribers: {}\ntotal_subscribers: {}\nevents_published: {}\n",

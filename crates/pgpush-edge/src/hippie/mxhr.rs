@@ -30,23 +30,15 @@ pub(crate) async fn open(
     let Some(hippie) = node.hippie.as_ref() else {
         return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
     };
-    let client_id = match info.client_id {
+    let client_id = match info.client_id.clone() {
         Some(id) => match checked_client_id(&id) {
             Ok(()) => id,
             Err(refused) => return Err(refused),
         },
         None => new_client_id(),
     };
-    let window = hippie.window(CreatedOver::Stream);
     let attachment = match hippie
-        .registry
-        .attach(
-            &channel,
-            &client_id,
-            info.address,
-            window,
-            node.config.subscribe_timeout,
-        )
+        .open_queue(&node, &channel, &client_id, &info, CreatedOver::Stream)
         .await
     {
         Ok(attachment) => attachment,

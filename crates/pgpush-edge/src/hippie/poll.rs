@@ -32,20 +32,12 @@ pub(crate) async fn handle(
     let Some(hippie) = node.hippie.as_ref() else {
         return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
     };
-    let Some(client_id) = info.client_id else {
+    let Some(client_id) = info.client_id.clone() else {
         return Ok(redirect_with_new_id(&node, &request));
     };
     checked_client_id(&client_id)?;
-    let window = hippie.window(CreatedOver::Stream);
     let attachment = match hippie
-        .registry
-        .attach(
-            &channel,
-            &client_id,
-            info.address,
-            window,
-            node.config.subscribe_timeout,
-        )
+        .open_queue(&node, &channel, &client_id, &info, CreatedOver::Stream)
         .await
     {
         Ok(attachment) => attachment,

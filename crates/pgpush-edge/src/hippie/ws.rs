@@ -61,16 +61,8 @@ async fn run(
         return;
     };
     let _guard = node.stats.connection(Transport::WebSocket);
-    let window = hippie.window(CreatedOver::WebSocket);
     let attachment = match hippie
-        .registry
-        .attach(
-            &channel,
-            &client_id,
-            info.address,
-            window,
-            node.config.subscribe_timeout,
-        )
+        .open_queue(&node, &channel, &client_id, &info, CreatedOver::WebSocket)
         .await
     {
         Ok(attachment) => attachment,
