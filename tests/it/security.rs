@@ -955,3 +955,31 @@ async fn channel_names_reach_postgres_only_as_parameters_or_quoted_identifiers()
         .get(0);
     assert_eq!(stored, names.len() as i64, "each name stored verbatim");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_at_its_connection_limit_answers_unavailable_until_one_leaves() {
+    let pg = TestPostgres::start();
+    let edge = Edge::start_with(&pg.url(), EdgeOptions::args(&["--max-connections", "3"])).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(edge.address()).await.unwrap());
+    }
+    // The server admits each socket in its own task: give the three a moment to be admitted
+    // before the fourth arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, code) = status_and_code(edge.address(), Method::GET, "/healthz", &[], "").await;
+    assert_eq!(
+        (status, code.as_str()),
+        (503, "unavailable"),
+        "{}",
+        edge.log()
+    );
+    drop(held.pop());
+    wait_until(SOON, "room again", || async {
+        status_and_code(edge.address(), Method::GET, "/healthz", &[], "")
+            .await
+            .0
+            == 200
+    })
+    .await;
+}

@@ -153,7 +153,10 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
         .limits
         .admit((!trusted).then(|| peer.ip().to_canonical()))
     {
-        Ok(permit) => permit,
+        Ok(permit) => {
+            debug!(%peer, "connection admitted");
+            permit
+        }
         Err(refused) => {
             debug!(%peer, ?refused, "connection refused by a limit");
             refuse_connection(stream, refused.error()).await;
