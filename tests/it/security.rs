@@ -633,6 +633,26 @@ async fn each_limit_answers_with_its_code_while_others_keep_receiving() {
         "{results:?}"
     );
 
+    // The same per connection on a Hippie WebSocket: its frames are publishes.
+    let mut hippie = ws_from(loopback(7), &edge, "/_hippie/ws/hx?client_id=rate-test").await;
+    assert_eq!(
+        hippie.next_json(SOON).await["type"],
+        "hippie.pipe.set_client_id"
+    );
+    for n in 0..8 {
+        hippie.send_json(json!({"type": "chat", "n": n})).await;
+    }
+    let (mut echoed, mut limited) = (0, 0);
+    while echoed + limited < 8 {
+        let frame = hippie.next_json(SOON).await;
+        match frame["type"].as_str() {
+            Some("hippie.error") if frame["code"] == "rate_limited" => limited += 1,
+            Some("chat") => echoed += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((echoed, limited), (5, 3));
+
     // Publishes per address over HTTP: 429 with Retry-After.
     let mut last = None;
     for _ in 0..15 {

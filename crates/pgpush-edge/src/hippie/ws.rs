@@ -17,6 +17,7 @@ use crate::{
         new_client_id, publish, refuse,
     },
     http::ConnInfo,
+    limits::{Bucket, rate_limited},
     stats::Transport,
     transport::websocket::{self, Beats, End, Interrupt, WsIo, WsProtocol},
 };
@@ -105,6 +106,7 @@ async fn run(
     if end.is_ok() {
         node.stats.delivered(count - 1);
         let mut protocol = HippieWs {
+            publishes: Bucket::full(node.config.security.publish_rate),
             node: node.clone(),
             channel,
             info,
@@ -134,6 +136,8 @@ struct HippieWs {
     node: Arc<Node>,
     channel: Channel,
     info: RequestInfo,
+    /// This connection's publish rate.
+    publishes: Bucket,
 }
 
 impl WsProtocol for HippieWs {
@@ -149,7 +153,12 @@ impl WsProtocol for HippieWs {
         text: &str,
         interrupt: &Interrupt<'_>,
     ) -> Result<(), End> {
-        match publish::stamp_and_publish(&self.node, &self.info, &self.channel, text).await {
+        let rate = self.node.config.security.publish_rate;
+        let published = match self.publishes.take(rate) {
+            Ok(()) => publish::stamp_and_publish(&self.node, &self.info, &self.channel, text).await,
+            Err(wait) => Err(rate_limited(wait, "on this connection")),
+        };
+        match published {
             Ok(()) => Ok(()),
             Err(error) => {
                 io.send_text(error_message(error.code.as_str(), &error.reason), interrupt)
