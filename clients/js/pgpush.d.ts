@@ -26,10 +26,11 @@ export interface PgPushOptions {
   pollWaitSeconds?: number;
   /** How long a WebSocket publish waits for its acknowledgement; default 10000. */
   publishTimeoutMs?: number;
-  /** A token (JWT) for servers that require one, or a function giving one; the function is
-   *  called before every connection attempt, so a connection closed because its token expired
-   *  (WebSocket close 4001) comes back with a fresh one. Sent as `?token=` on WebSocket, SSE and
-   *  polls, as `Authorization: Bearer` on HTTP publishes. */
+  /** A token (JWT) for servers that require one, or a function giving one. The function is
+   *  called before every connection attempt, and on a live WebSocket shortly before the token's
+   *  `exp` (the new token is sent in-band, so the connection stays open); over SSE and polling the
+   *  client reconnects with a fresh token when the old one runs out. Sent as `?token=` on
+   *  WebSocket, SSE and polls, as `Authorization: Bearer` on HTTP publishes. */
   token?: string | (() => string | Promise<string>);
 }
 

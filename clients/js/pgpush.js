@@ -52,6 +52,7 @@ export class PgPush {
     this._connection = null;
     this._attempt = null;
     this._retryTimer = null;
+    this._refreshTimer = null;
     this._pending = new Map();
     this._nextRef = 1;
     if (options.autoConnect !== false) this.connect();
@@ -80,6 +81,7 @@ export class PgPush {
   close() {
     this.state = 'closed';
     clearTimeout(this._retryTimer);
+    clearTimeout(this._refreshTimer);
     this._drop(new PgPushError('closed', 'the client was closed'));
   }
 
@@ -159,6 +161,26 @@ export class PgPush {
     for (const ref of [...this._pending.keys()]) this._settle(ref, error);
   }
 
+  // On a live WebSocket, sends a fresh token (`auth`) before the current one expires, so the
+  // connection is not closed (4001). Other transports reconnect with a fresh token instead.
+  _scheduleRefresh(attempt) {
+    clearTimeout(this._refreshTimer);
+    const expires = tokenExpiry(this._token);
+    if (typeof this._tokenSource !== 'function' || !expires) return;
+    const left = expires - Date.now();
+    const delay = Math.max(0, left - Math.min(30000, left / 5));
+    this._refreshTimer = setTimeout(async () => {
+      try {
+        const token = await this._freshToken();
+        if (this._attempt !== attempt || !this._connection) return;
+        this._connection.send({ op: 'auth', token, ref: `auth-${this._nextRef++}` });
+        this._scheduleRefresh(attempt);
+      } catch (error) {
+        this._emit('error', new PgPushError('token', `the token function failed: ${error}`));
+      }
+    }, delay);
+  }
+
   // The token to send now: the string given, or what the token function gives.
   async _freshToken() {
     if (typeof this._tokenSource === 'function') this._token = await this._tokenSource();
@@ -210,6 +232,7 @@ export class PgPush {
         this._failures = 0;
         this._worked.add(name);
         this._emit('connected', { transport: name });
+        if (name === 'websocket') this._scheduleRefresh(attempt);
       },
       message: (message) => {
         if (!current()) return;
@@ -262,6 +285,17 @@ export class PgPush {
     if (this._token) url.searchParams.set('token', this._token);
     for (const [key, value] of Object.entries(extra)) url.searchParams.set(key, value);
     return url;
+  }
+}
+
+// A JWT's `exp` in milliseconds, or null when it has none or is not a JWT.
+function tokenExpiry(token) {
+  try {
+    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const exp = JSON.parse(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, '='))).exp;
+    return typeof exp === 'number' ? exp * 1000 : null;
+  } catch {
+    return null;
   }
 }
 

@@ -509,7 +509,7 @@ async fn type_declarations_compile_against_a_typed_use_of_the_client() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_client_reconnects_with_a_fresh_token_when_its_token_expires() {
+async fn the_client_renews_its_token_in_band_and_reconnects_with_a_fresh_one_when_it_must() {
     let postgres = TestPostgres::start();
     let secret = "browser test secret, long enough for HS256";
     let edge = Edge::start_with(
@@ -522,12 +522,12 @@ async fn the_client_reconnects_with_a_fresh_token_when_its_token_expires() {
     browser
         .goto(&page, &format!("http://{}/", edge.address()))
         .await;
-    // Signed once the page is up, so the short token is still fresh at the first connection.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    // Signed when needed (the page is up by then), so a short token is fresh at its first use.
     let token = |seconds: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &json!({"exp": now + seconds, "subscribe": ["news"], "publish": ["news"]}),
@@ -578,16 +578,48 @@ async fn the_client_reconnects_with_a_fresh_token_when_its_token_expires() {
     browser
         .wait_for(&page, "window.received.length === 1", SOON)
         .await;
-    // The token runs out: close 4001, a fresh token, the same cursor; nothing is lost meanwhile.
+    // Before the first token runs out the client sends the next one over the live WebSocket:
+    // the connection outlives the first token, nothing closes.
     browser
-        .wait_for(&page, "window.closes.includes(4001)", SOON)
+        .wait_for(&page, "window.tokenCalls === 2", SOON)
         .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     publish(2).await;
+    browser
+        .wait_for(&page, "window.received.length === 2", SOON)
+        .await;
+    assert_eq!(browser.eval(&page, "window.closes").await, json!([]));
+
+    // Over SSE there is no in-band renewal: the stream ends at expiry and the client comes back
+    // with a fresh token and its cursor, missing nothing.
+    browser
+        .eval(
+            &page,
+            &format!(
+                "import('/pgpush.js').then(({{ PgPush }}) => {{
+                   const tokens = {tokens};
+                   window.sseCalls = 0;
+                   window.sseReceived = [];
+                   window.sse = new PgPush({{ channels: ['news'], transports: ['sse'], token: async () => {{
+                     window.sseCalls += 1;
+                     return tokens[Math.min(window.sseCalls, tokens.length) - 1];
+                   }} }});
+                   window.sse.on('message', (m) => window.sseReceived.push(m.data.n));
+                   return true;
+                 }})",
+                tokens = json!([token(3), token(3600)])
+            ),
+        )
+        .await;
+    browser
+        .wait_for(&page, "window.sse.state === 'connected'", SOON)
+        .await;
+    browser.wait_for(&page, "window.sseCalls === 2", SOON).await;
     publish(3).await;
     browser
         .wait_for(
             &page,
-            "window.client.state === 'connected' && window.received.length === 3",
+            "window.received.length === 3 && window.sseReceived.includes(3)",
             SOON,
         )
         .await;

@@ -296,10 +296,37 @@ async fn tokens_gate_every_transport_and_their_claims_bound_each_channel() {
         (last.event.as_str(), last.json()["code"].as_str()),
         ("error", Some("unauthorized"))
     );
+    // A fresh token sent in-band (`auth`) keeps a connection past its first token's expiry; one
+    // that does not cover the connection's channels, or is not valid, is refused and changes
+    // nothing.
+    let renewing = token_with(SECRET, json!({"exp": now() + 2, "subscribe": ["chat"]}));
+    let mut ws_renewed =
+        WsClient::connect(&edge.ws_url(&format!("/v1/ws?channel=chat&token={renewing}"))).await;
+    assert_eq!(ws_renewed.next_json(SOON).await["type"], "subscribed");
+    let other_only = token_with(SECRET, json!({"exp": now() + 3600, "subscribe": ["other"]}));
+    ws_renewed
+        .send_json(json!({"op": "auth", "token": other_only, "ref": 1}))
+        .await;
+    assert_eq!(ws_renewed.next_json(SOON).await["code"], "forbidden");
+    ws_renewed
+        .send_json(json!({"op": "auth", "token": "not.a.token", "ref": 2}))
+        .await;
+    assert_eq!(ws_renewed.next_json(SOON).await["code"], "unauthorized");
+    ws_renewed
+        .send_json(json!({"op": "auth", "token": chat, "ref": 3}))
+        .await;
+    let ack = ws_renewed.next_json(SOON).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["ref"].as_i64()),
+        (Some("ack"), Some(3))
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
     // The long-lived ones are still served.
     pg.notify("chat", r#"{"n":3}"#).await;
     assert_eq!(ws.next_message(SOON).await["data"]["n"], 3);
     assert_eq!(sse.next_message(SOON).await.1["data"]["n"], 3);
+    assert_eq!(ws_renewed.next_message(SOON).await["data"]["n"], 3);
 }
 
 /// Generates a private key with openssl (`genpkey` arguments), as PEM.

@@ -144,6 +144,15 @@ impl Admission {
         Ok(Grant::new(self.lists.clone(), Some(grant)))
     }
 
+    /// The grant of a fresh token sent on an open connection (without tokens: the node's lists).
+    pub(crate) fn reauthorize(&self, token: &str) -> Result<Grant, ApiError> {
+        let token = match &self.tokens {
+            Some(tokens) => Some(tokens.verify(token)?),
+            None => None,
+        };
+        Ok(Grant::new(self.lists.clone(), token))
+    }
+
     fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(origin) = headers.get(header::ORIGIN) else {
             // Not a browser request (or a same-origin GET): nothing to check.

@@ -54,6 +54,11 @@ pub enum ClientFrame<'a> {
     },
     /// `{"op":"ping"}`
     Ping,
+    /// `{"op":"auth","token":"<jwt>"}`: replaces the connection's token before it expires.
+    Auth {
+        /// The new token.
+        token: String,
+    },
 }
 
 /// A parsed client frame with its optional `ref`, echoed in the reply.
@@ -165,10 +170,18 @@ pub fn parse_client_frame(text: &str) -> Result<ParsedFrame<'_>, FrameError> {
             }
         }
         "ping" => ClientFrame::Ping,
+        "auth" => ClientFrame::Auth {
+            token: fields
+                .get("token")
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+                .ok_or_else(|| fail(ErrorCode::BadFrame, "auth needs a \"token\" string".into()))?,
+        },
         other => {
             return Err(fail(
                 ErrorCode::UnknownOp,
-                format!("unknown op {other:?}; expected subscribe, unsubscribe, publish or ping"),
+                format!(
+                    "unknown op {other:?}; expected subscribe, unsubscribe, publish, ping or auth"
+                ),
             ));
         }
     };
@@ -353,6 +366,16 @@ mod tests {
             error.reason
         );
         assert_eq!(error.reference.as_deref(), reference, "{text}");
+    }
+
+    #[test]
+    fn auth_carries_a_token() {
+        let parsed = parse_client_frame(r#"{"op":"auth","token":"a.b.c","ref":7}"#).unwrap();
+        assert!(matches!(parsed.frame, ClientFrame::Auth { ref token } if token == "a.b.c"));
+        assert_eq!(parsed.reference, Some("7"));
+        let missing = parse_client_frame(r#"{"op":"auth","token":5,"ref":"x"}"#).unwrap_err();
+        assert_eq!(missing.code, ErrorCode::BadFrame);
+        assert_eq!(missing.reference.as_deref(), Some("\"x\""));
     }
 
     #[test]

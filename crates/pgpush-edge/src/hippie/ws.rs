@@ -19,7 +19,7 @@ use crate::{
     http::ConnInfo,
     limits::{Bucket, rate_limited},
     stats::Transport,
-    transport::websocket::{self, Beats, End, Interrupt, WsIo, WsProtocol},
+    transport::websocket::{self, Beats, End, Expiry, Interrupt, WsIo, WsProtocol},
 };
 
 pub(crate) fn upgrade(
@@ -72,7 +72,7 @@ async fn run(
                 drain: node.drain.slot(),
                 kill: &conn.kill,
                 superseded: None,
-                expires: None,
+                expiry: &Expiry::default(),
             };
             let _ = io
                 .send_text(
@@ -90,11 +90,12 @@ async fn run(
     };
     let mut reader = attachment.read(conn.kill.clone(), true).await;
     attachment.take_fresh();
+    let expiry = Expiry::at(info.grant.expires());
     let interrupt = Interrupt {
         drain: node.drain.slot(),
         kill: &conn.kill,
         superseded: Some(attachment.superseded()),
-        expires: info.grant.expires().map(websocket::deadline),
+        expiry: &expiry,
     };
     // set_client_id first (on every resume, so the client's reconnect backoff resets), then
     // what was queued while the client was away, then any overflow it missed.

@@ -71,6 +71,27 @@ pub(crate) fn draining() -> End {
 /// Close code for a connection whose token expired: reconnect with a fresh token.
 pub(crate) const TOKEN_EXPIRED: u16 = 4001;
 
+/// When a connection's token expires (never, without one); a fresh token sent in-band (`auth`)
+/// moves it.
+#[derive(Debug, Default)]
+pub(crate) struct Expiry(std::sync::Mutex<Option<tokio::time::Instant>>);
+
+impl Expiry {
+    /// The expiry of a token that runs out at `at` (wall clock).
+    pub(crate) fn at(at: Option<std::time::SystemTime>) -> Expiry {
+        Expiry(std::sync::Mutex::new(at.map(deadline)))
+    }
+
+    /// Moves the expiry to `at`.
+    pub(crate) fn set(&self, at: Option<std::time::SystemTime>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = at.map(deadline);
+    }
+
+    fn get(&self) -> Option<tokio::time::Instant> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The monotonic moment of a wall-clock deadline (a token's `exp`).
 pub(crate) fn deadline(at: std::time::SystemTime) -> tokio::time::Instant {
     let left = at
@@ -215,7 +236,7 @@ pub(crate) struct Interrupt<'a> {
     pub(crate) kill: &'a CancellationToken,
     pub(crate) superseded: Option<&'a CancellationToken>,
     /// When the client's token expires.
-    pub(crate) expires: Option<tokio::time::Instant>,
+    pub(crate) expiry: &'a Expiry,
 }
 
 impl Interrupt<'_> {
@@ -227,8 +248,9 @@ impl Interrupt<'_> {
                 None => std::future::pending().await,
             }
         };
+        let expires = self.expiry.get();
         let expired = async {
-            match self.expires {
+            match expires {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }

@@ -22,7 +22,7 @@ use crate::{
     publish,
     resume::{self, ReplayBatch},
     stats::{PublishVia, Transport},
-    transport::websocket::{self, Beats, End, Interrupt, WsIo, WsProtocol},
+    transport::websocket::{self, Beats, End, Expiry, Interrupt, WsIo, WsProtocol},
 };
 
 /// Answers the WebSocket handshake; channels in the query are validated first (errors are plain
@@ -72,7 +72,7 @@ async fn run(
 ) {
     let _guard = node.stats.connection(Transport::WebSocket);
     let (outbox, mut inbox) = node.hub.outbox(Some(conn.kill.clone()));
-    let expires = client.grant.expires();
+    let expiry = Expiry::at(client.grant.expires());
     let mut protocol = Native {
         node: node.clone(),
         session: Session::new(node.hub.clone(), outbox),
@@ -83,7 +83,7 @@ async fn run(
         drain: node.drain.slot(),
         kill: &conn.kill,
         superseded: None,
-        expires: expires.map(websocket::deadline),
+        expiry: &expiry,
     };
     let mut end = Ok(());
     if !channels.is_empty() {
@@ -191,6 +191,18 @@ impl WsProtocol for Native {
                     }
                 }
             }
+            ClientFrame::Auth { token } => match self.reauthorize(&token) {
+                Ok(()) => {
+                    interrupt.expiry.set(self.client.grant.expires());
+                    let reference = raw_reference(reference);
+                    let ack = ServerFrame::Ack {
+                        reference: reference.as_deref(),
+                        cursor: None,
+                    };
+                    io.send_text(ack.encode(), interrupt).await
+                }
+                Err(error) => send_error(io, error.code, &error.reason, reference, interrupt).await,
+            },
             ClientFrame::Ping => {
                 let reference = raw_reference(reference);
                 io.send_text(
@@ -215,6 +227,17 @@ impl WsProtocol for Native {
 }
 
 impl Native {
+    /// Replaces the connection's grant with a fresh token's, which must allow every channel the
+    /// connection is subscribed to; on any error the old grant stays.
+    fn reauthorize(&mut self, token: &str) -> Result<(), ApiError> {
+        let grant = self.node.admission.reauthorize(token)?;
+        for channel in self.session.channels() {
+            grant.check(Action::Subscribe, channel)?;
+        }
+        self.client.grant = grant;
+        Ok(())
+    }
+
     /// Checks the channel against the grant, then this connection's and its address's rates.
     fn may_publish(&mut self, channel: &Channel) -> Result<(), ApiError> {
         self.client.grant.check(Action::Publish, channel)?;
