@@ -20,12 +20,7 @@ pub fn proxy_header(data: &[u8]) {
 pub fn token(data: &str) {
     static ADMISSION: OnceLock<Admission> = OnceLock::new();
     let admission = ADMISSION.get_or_init(|| {
-        let cli = Cli::try_parse_from(["pgpush", "serve", "--jwt-secret", "fuzzing secret"])
-            .expect("fuzzing configuration parses");
-        let CliCommand::Serve(config) = cli.command else {
-            unreachable!("a serve command")
-        };
-        Admission::new(&config.security).expect("tokens configured")
+        Admission::new(&security(&["--jwt-secret", "fuzzing secret"])).expect("tokens configured")
     });
     let _ = admission.admit(&http::HeaderMap::new(), Some(data));
     if let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {data}")) {
@@ -37,7 +32,8 @@ pub fn token(data: &str) {
 
 /// A query string or form body: every `channel=` checked as a client's subscription.
 pub fn query(data: &[u8]) {
-    let admission = Admission::new(&default_security()).expect("no tokens");
+    static ADMISSION: OnceLock<Admission> = OnceLock::new();
+    let admission = ADMISSION.get_or_init(|| Admission::new(&security(&[])).expect("no tokens"));
     if let Ok(grant) = admission.admit(&http::HeaderMap::new(), None) {
         for (name, value) in form_urlencoded::parse(data) {
             if name == "channel" {
@@ -61,8 +57,10 @@ pub fn forwarded_for(data: &[u8]) {
     }
 }
 
-fn default_security() -> crate::config::SecurityArgs {
-    let cli = Cli::try_parse_from(["pgpush", "serve"]).expect("defaults parse");
+/// The security settings of `pgpush serve` with these extra arguments.
+fn security(args: &[&str]) -> crate::config::SecurityArgs {
+    let cli = Cli::try_parse_from(["pgpush", "serve"].iter().chain(args))
+        .expect("fuzzing configuration parses");
     let CliCommand::Serve(config) = cli.command else {
         unreachable!("a serve command")
     };
