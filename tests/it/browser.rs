@@ -508,6 +508,27 @@ async fn type_declarations_compile_against_a_typed_use_of_the_client() {
     );
 }
 
+/// A script starting a PgPush client on the page as `window.<name>` (`client`, and what it saw:
+/// `calls` of its token function, the `n` of each message `received`, the `closes` codes),
+/// subscribed to `news` over `transports`; its token function hands out `tokens` in turn, the
+/// last one again after that.
+fn token_client(name: &str, transports: &str, tokens: &Value) -> String {
+    format!(
+        "import('/pgpush.js').then(({{ PgPush }}) => {{
+           const tokens = {tokens};
+           const seen = {{ calls: 0, received: [], closes: [] }};
+           seen.client = new PgPush({{ channels: ['news'], transports: {transports}, token: async () => {{
+             seen.calls += 1;
+             return tokens[Math.min(seen.calls, tokens.length) - 1];
+           }} }});
+           seen.client.on('message', (m) => seen.received.push(m.data.n));
+           seen.client.on('disconnected', ({{ code }}) => seen.closes.push(code));
+           window.{name} = seen;
+           return true;
+         }})"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_client_renews_its_token_in_band_and_reconnects_with_a_fresh_one_when_it_must() {
     let postgres = TestPostgres::start();
@@ -540,25 +561,11 @@ async fn the_client_renews_its_token_in_band_and_reconnects_with_a_fresh_one_whe
     browser
         .eval(
             &page,
-            &format!(
-                "import('/pgpush.js').then(({{ PgPush }}) => {{
-                   const tokens = {tokens};
-                   window.tokenCalls = 0;
-                   window.received = [];
-                   window.closes = [];
-                   window.client = new PgPush({{ channels: ['news'], token: async () => {{
-                     window.tokenCalls += 1;
-                     return tokens[Math.min(window.tokenCalls, tokens.length) - 1];
-                   }} }});
-                   window.client.on('message', (m) => window.received.push(m.data.n));
-                   window.client.on('disconnected', ({{ code }}) => window.closes.push(code));
-                   return true;
-                 }})"
-            ),
+            &token_client("ws", "['websocket', 'sse', 'poll']", &tokens),
         )
         .await;
     browser
-        .wait_for(&page, "window.client.state === 'connected'", SOON)
+        .wait_for(&page, "window.ws.client.state === 'connected'", SOON)
         .await;
     let publish = |n: i32| {
         let postgres = &postgres;
@@ -576,57 +583,42 @@ async fn the_client_renews_its_token_in_band_and_reconnects_with_a_fresh_one_whe
     };
     publish(1).await;
     browser
-        .wait_for(&page, "window.received.length === 1", SOON)
+        .wait_for(&page, "window.ws.received.length === 1", SOON)
         .await;
     // Before the first token runs out the client sends the next one over the live WebSocket:
     // the connection outlives the first token, nothing closes.
-    browser
-        .wait_for(&page, "window.tokenCalls === 2", SOON)
-        .await;
+    browser.wait_for(&page, "window.ws.calls === 2", SOON).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     publish(2).await;
     browser
-        .wait_for(&page, "window.received.length === 2", SOON)
+        .wait_for(&page, "window.ws.received.length === 2", SOON)
         .await;
-    assert_eq!(browser.eval(&page, "window.closes").await, json!([]));
+    assert_eq!(browser.eval(&page, "window.ws.closes").await, json!([]));
 
     // Over SSE there is no in-band renewal: the stream ends at expiry and the client comes back
     // with a fresh token and its cursor, missing nothing.
+    let tokens = json!([token(3), token(3600)]);
     browser
-        .eval(
-            &page,
-            &format!(
-                "import('/pgpush.js').then(({{ PgPush }}) => {{
-                   const tokens = {tokens};
-                   window.sseCalls = 0;
-                   window.sseReceived = [];
-                   window.sse = new PgPush({{ channels: ['news'], transports: ['sse'], token: async () => {{
-                     window.sseCalls += 1;
-                     return tokens[Math.min(window.sseCalls, tokens.length) - 1];
-                   }} }});
-                   window.sse.on('message', (m) => window.sseReceived.push(m.data.n));
-                   return true;
-                 }})",
-                tokens = json!([token(3), token(3600)])
-            ),
-        )
+        .eval(&page, &token_client("sse", "['sse']", &tokens))
         .await;
     browser
-        .wait_for(&page, "window.sse.state === 'connected'", SOON)
+        .wait_for(&page, "window.sse.client.state === 'connected'", SOON)
         .await;
-    browser.wait_for(&page, "window.sseCalls === 2", SOON).await;
+    browser
+        .wait_for(&page, "window.sse.calls === 2", SOON)
+        .await;
     publish(3).await;
     browser
         .wait_for(
             &page,
-            "window.received.length === 3 && window.sseReceived.includes(3)",
+            "window.ws.received.length === 3 && window.sse.received.includes(3)",
             SOON,
         )
         .await;
     assert_eq!(
-        browser.eval(&page, "window.received").await,
+        browser.eval(&page, "window.ws.received").await,
         json!([1, 2, 3])
     );
-    assert_eq!(browser.eval(&page, "window.tokenCalls").await, json!(2));
+    assert_eq!(browser.eval(&page, "window.ws.calls").await, json!(2));
     browser.close(&page).await;
 }

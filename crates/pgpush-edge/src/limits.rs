@@ -63,11 +63,38 @@ fn retry_after(wait: Duration) -> u64 {
     wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
+/// How many of something each client address holds (connections, Hippie queues), bounded;
+/// an address that holds none has no entry.
+#[derive(Debug, Default)]
+pub(crate) struct PerAddress(HashMap<IpAddr, usize>);
+
+impl PerAddress {
+    /// Counts one more for `address`, unless it holds `max` already.
+    pub(crate) fn try_add(&mut self, address: IpAddr, max: usize) -> bool {
+        if self.0.get(&address).copied().unwrap_or(0) >= max {
+            return false;
+        }
+        *self.0.entry(address).or_insert(0) += 1;
+        true
+    }
+
+    /// Counts one less for `address`.
+    pub(crate) fn remove(&mut self, address: IpAddr) {
+        if let Some(count) = self.0.get_mut(&address) {
+            *count -= 1;
+            if *count == 0 {
+                self.0.remove(&address);
+            }
+        }
+    }
+}
+
 /// The node's limits and their state.
 #[derive(Debug)]
 pub(crate) struct Limits {
     max_connections: usize,
     max_per_address: usize,
+    publish_rate: f64,
     publish_rate_per_address: f64,
     connections: Mutex<Connections>,
     publishes: Mutex<HashMap<IpAddr, Bucket>>,
@@ -76,7 +103,7 @@ pub(crate) struct Limits {
 #[derive(Debug, Default)]
 struct Connections {
     total: usize,
-    per_address: HashMap<IpAddr, usize>,
+    per_address: PerAddress,
 }
 
 /// Why a connection was refused.
@@ -114,13 +141,8 @@ impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         let mut connections = self.limits.lock_connections();
         connections.total -= 1;
-        if let Some(address) = self.address
-            && let Some(count) = connections.per_address.get_mut(&address)
-        {
-            *count -= 1;
-            if *count == 0 {
-                connections.per_address.remove(&address);
-            }
+        if let Some(address) = self.address {
+            connections.per_address.remove(address);
         }
     }
 }
@@ -129,11 +151,13 @@ impl Limits {
     pub(crate) fn new(
         max_connections: usize,
         max_per_address: usize,
+        publish_rate: f64,
         publish_rate_per_address: f64,
     ) -> Arc<Limits> {
         Arc::new(Limits {
             max_connections,
             max_per_address,
+            publish_rate,
             publish_rate_per_address,
             connections: Mutex::new(Connections::default()),
             publishes: Mutex::new(HashMap::new()),
@@ -154,11 +178,12 @@ impl Limits {
         if connections.total >= self.max_connections {
             return Err(Refused::NodeFull);
         }
-        if let Some(address) = address {
-            if connections.per_address.get(&address).copied().unwrap_or(0) >= self.max_per_address {
-                return Err(Refused::AddressFull);
-            }
-            *connections.per_address.entry(address).or_insert(0) += 1;
+        if let Some(address) = address
+            && !connections
+                .per_address
+                .try_add(address, self.max_per_address)
+        {
+            return Err(Refused::AddressFull);
         }
         connections.total += 1;
         Ok(ConnectionPermit {
@@ -170,6 +195,18 @@ impl Limits {
     /// Open client sockets (every TCP connection admitted and not yet closed).
     pub(crate) fn open_sockets(&self) -> usize {
         self.lock_connections().total
+    }
+
+    /// A full publish bucket for a new WebSocket connection.
+    pub(crate) fn connection_publishes(&self) -> Bucket {
+        Bucket::full(self.publish_rate)
+    }
+
+    /// Takes one publish from a WebSocket connection's bucket.
+    pub(crate) fn publish_on(&self, connection: &mut Bucket) -> Result<(), ApiError> {
+        connection
+            .take(self.publish_rate)
+            .map_err(|wait| rate_limited(wait, "on this connection"))
     }
 
     /// Takes one publish from `address`'s bucket.
@@ -195,7 +232,7 @@ mod tests {
 
     #[test]
     fn connections_are_counted_per_node_and_per_address() {
-        let limits = Limits::new(3, 2, 10.0);
+        let limits = Limits::new(3, 2, 10.0, 10.0);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let first = limits.admit(Some(a)).unwrap();
@@ -208,7 +245,7 @@ mod tests {
         let again = limits.admit(Some(a)).unwrap();
         assert_eq!(limits.admit(Some(b)).unwrap_err(), Refused::NodeFull);
         drop(again);
-        assert!(limits.lock_connections().per_address.get(&a) == Some(&1));
+        assert_eq!(limits.lock_connections().per_address.0.get(&a), Some(&1));
     }
 
     #[test]

@@ -241,6 +241,7 @@ pub async fn run(
     let limits = Limits::new(
         config.security.max_connections,
         config.security.max_connections_per_address,
+        config.security.publish_rate,
         config.security.publish_rate_per_address,
     );
     let drain = Drain::new(shutdown.clone(), config.drain_window);

@@ -90,8 +90,8 @@ async fn http_publish_in(
                 })?,
         ),
     };
+    let traceparent = request_traceparent(request.headers());
     let limit = node.config.max_message_bytes;
-    let headers = request.headers().clone();
     let body = Limited::new(request.into_body(), limit)
         .collect()
         .await
@@ -105,7 +105,6 @@ async fn http_publish_in(
         .to_bytes();
     let payload = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(ErrorCode::BadPayload, "payload must be UTF-8 text"))?;
-    let traceparent = request_traceparent(&headers);
     let cursor = publish(
         node,
         &channel,

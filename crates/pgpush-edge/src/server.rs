@@ -127,12 +127,7 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
             Ok(None) => {}
             Ok(Some((source, rest))) => {
                 // Believed only from a trusted proxy: anyone else could name any address.
-                let trusted = node
-                    .config
-                    .trusted_proxies
-                    .iter()
-                    .any(|net| net.contains(&peer.ip().to_canonical()));
-                if let (Some(source), true) = (source, trusted) {
+                if let (Some(source), true) = (source, is_trusted_proxy(&node, peer)) {
                     peer = source;
                 }
                 early_bytes = rest;
@@ -144,14 +139,9 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
         }
     }
     // Trusted proxies carry many clients: only a client's own address is limited.
-    let trusted = node
-        .config
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&peer.ip().to_canonical()));
     let _permit = match node
         .limits
-        .admit((!trusted).then(|| peer.ip().to_canonical()))
+        .admit((!is_trusted_proxy(&node, peer)).then(|| peer.ip().to_canonical()))
     {
         Ok(permit) => {
             debug!(%peer, "connection admitted");
@@ -188,6 +178,15 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
         )
         .await;
     }
+}
+
+/// True when `peer` is one of the configured trusted proxies (`--trusted-proxy`).
+fn is_trusted_proxy(node: &Node, peer: SocketAddr) -> bool {
+    let ip = peer.ip().to_canonical();
+    node.config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&ip))
 }
 
 /// Makes the kernel drop a connection whose peer stops acknowledging (a half-open socket): TCP

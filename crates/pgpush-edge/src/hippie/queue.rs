@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use crate::{
     durable::{Durable, Replayed},
     hub::{Hub, Inbox, Outbox, QueueLimits, Replay, SubscribeError},
+    limits::PerAddress,
 };
 
 /// Why a queue could not be opened.
@@ -56,7 +57,7 @@ pub(crate) struct Registry {
     durable: Arc<Durable>,
     queues: Mutex<HashMap<Key, Arc<ClientQueue>>>,
     /// Queues per client address (the creator's); locked inside `queues`, never alone before it.
-    per_address: Mutex<HashMap<IpAddr, usize>>,
+    per_address: Mutex<PerAddress>,
     limits: QueueLimits,
     max_queues: usize,
     max_per_address: usize,
@@ -118,7 +119,7 @@ impl Registry {
             hub,
             durable,
             queues: Mutex::new(HashMap::new()),
-            per_address: Mutex::new(HashMap::new()),
+            per_address: Mutex::new(PerAddress::default()),
             limits,
             max_queues,
             max_per_address,
@@ -126,19 +127,13 @@ impl Registry {
         }
     }
 
-    fn lock_per_address(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+    fn lock_per_address(&self) -> std::sync::MutexGuard<'_, PerAddress> {
         self.per_address.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Forgets one queue of `owner` (called with the `queues` lock held).
     fn release(&self, owner: IpAddr) {
-        let mut per_address = self.lock_per_address();
-        if let Some(count) = per_address.get_mut(&owner) {
-            *count -= 1;
-            if *count == 0 {
-                per_address.remove(&owner);
-            }
-        }
+        self.lock_per_address().remove(owner);
     }
 
     /// Live queues.
@@ -182,13 +177,11 @@ impl Registry {
                     if queues.len() >= self.max_queues {
                         return Err(OpenError::TooMany);
                     }
+                    if !self
+                        .lock_per_address()
+                        .try_add(address, self.max_per_address)
                     {
-                        let mut per_address = self.lock_per_address();
-                        let owned = per_address.entry(address).or_insert(0);
-                        if *owned >= self.max_per_address {
-                            return Err(OpenError::TooManyFromAddress);
-                        }
-                        *owned += 1;
+                        return Err(OpenError::TooManyFromAddress);
                     }
                     let (outbox, inbox) = self.hub.outbox_with(self.limits, None);
                     let queue = Arc::new(ClientQueue {

@@ -17,7 +17,7 @@ use crate::{
         new_client_id, publish, refuse,
     },
     http::ConnInfo,
-    limits::{Bucket, rate_limited},
+    limits::Bucket,
     stats::Transport,
     transport::websocket::{self, Beats, End, Expiry, Interrupt, WsIo, WsProtocol},
 };
@@ -107,7 +107,7 @@ async fn run(
     if end.is_ok() {
         node.stats.delivered(count - 1);
         let mut protocol = HippieWs {
-            publishes: Bucket::full(node.config.security.publish_rate),
+            publishes: node.limits.connection_publishes(),
             node: node.clone(),
             channel,
             info,
@@ -154,10 +154,9 @@ impl WsProtocol for HippieWs {
         text: &str,
         interrupt: &Interrupt<'_>,
     ) -> Result<(), End> {
-        let rate = self.node.config.security.publish_rate;
-        let published = match self.publishes.take(rate) {
+        let published = match self.node.limits.publish_on(&mut self.publishes) {
             Ok(()) => publish::stamp_and_publish(&self.node, &self.info, &self.channel, text).await,
-            Err(wait) => Err(rate_limited(wait, "on this connection")),
+            Err(error) => Err(error),
         };
         match published {
             Ok(()) => Ok(()),

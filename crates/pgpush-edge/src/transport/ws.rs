@@ -17,7 +17,7 @@ use crate::{
     Node,
     http::{ApiError, Body, ConnInfo, client_address, query_channels, query_pairs},
     hub::Session,
-    limits::{Bucket, rate_limited},
+    limits::Bucket,
     policy::{Action, Grant},
     publish,
     resume::{self, ReplayBatch},
@@ -76,7 +76,7 @@ async fn run(
     let mut protocol = Native {
         node: node.clone(),
         session: Session::new(node.hub.clone(), outbox),
-        publishes: Bucket::full(node.config.security.publish_rate),
+        publishes: node.limits.connection_publishes(),
         client,
     };
     let interrupt = Interrupt {
@@ -241,10 +241,7 @@ impl Native {
     /// Checks the channel against the grant, then this connection's and its address's rates.
     fn may_publish(&mut self, channel: &Channel) -> Result<(), ApiError> {
         self.client.grant.check(Action::Publish, channel)?;
-        let rate = self.node.config.security.publish_rate;
-        self.publishes
-            .take(rate)
-            .map_err(|wait| rate_limited(wait, "on this connection"))?;
+        self.node.limits.publish_on(&mut self.publishes)?;
         self.node.limits.publish_from(self.client.address)
     }
 
