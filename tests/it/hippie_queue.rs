@@ -54,7 +54,14 @@ async fn mxhr_client_resumes_without_loss_inside_the_window_and_starts_fresh_aft
     })
     .await;
     assert_eq!(edge.stats().await.subscriptions, 0);
+    // Published, and received by the node, while no queue exists (the channel is still
+    // LISTENed for the unlisten delay): it must not reach the fresh queue.
+    let heard = edge.stats().await.messages_in;
     pg.notify("feed", "lost while no queue existed").await;
+    wait_until(SOON, "the node received the notification", || async {
+        edge.stats().await.messages_in > heard
+    })
+    .await;
     let mut fresh = MxhrClient::open(edge.address(), path).await;
     assert_eq!(
         fresh.next_json(SOON).await.unwrap(),
