@@ -1,10 +1,13 @@
 //! The load tests: k6 scripts and the Rust generator run the same scenarios, and the CI smoke
 //! run — `pgpush up` with 3 nodes behind nginx, 2,000 mixed clients for 30 s — loses and
-//! repeats nothing.
+//! repeats nothing; sixteen SQL writers (the throughput benchmark's shape) lose nothing either.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use pgpush_tests::edge::{loadgen_binary, pgpush_binary};
+use pgpush_tests::{
+    edge::{Edge, loadgen_binary, pgpush_binary},
+    postgres::TestPostgres,
+};
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -145,4 +148,61 @@ async fn smoke_two_thousand_mixed_clients_through_a_cluster_lose_nothing() {
         .unwrap()
         .unwrap();
     assert!(exit.success());
+}
+
+/// The durable throughput benchmark's writers: sixteen connections, each publishing with
+/// `pgpush.publish` in a transaction that also inserts a row of its own. Every event reaches its
+/// subscriber once and in order, and every published event's row committed with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sixteen_sql_writers_publishing_beside_their_own_rows_lose_nothing() {
+    let pg = TestPostgres::start();
+    let edge = Edge::start(&pg.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let summary_path = dir.path().join("summary.json");
+    let status = Command::new(loadgen_binary())
+        .args(["run", "sse", "--url", &format!("http://{}", edge.address())])
+        .args(["--database-url", &pg.url(), "--publish-via", "sql-durable"])
+        .args(["--connections", "16", "--channels", "16"])
+        .args([
+            "--writers",
+            "16",
+            "--write-row",
+            "--rate",
+            "0",
+            "--window",
+            "1000",
+        ])
+        .args(["--duration", "5s", "--max-p99-ms", "0", "--json"])
+        .arg(&summary_path)
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    assert!(status.success(), "thresholds failed: {summary:#}");
+    assert_eq!(summary["connected"], 16);
+    assert_eq!(
+        (
+            &summary["lost"],
+            &summary["duplicates"],
+            &summary["reordered"]
+        ),
+        (&Value::from(0), &Value::from(0), &Value::from(0)),
+        "{summary:#}"
+    );
+    let published = summary["published"].as_u64().unwrap() as i64;
+    assert!(published >= 100, "{summary:#}");
+    let client = pg.client().await;
+    let rows = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pgpush_loadgen_writes),
+                    (SELECT count(DISTINCT channel) FROM pgpush_loadgen_writes),
+                    (SELECT count(*) FROM pgpush.events WHERE channel LIKE 'lg-%')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (written, writers, events): (i64, i64, i64) = (rows.get(0), rows.get(1), rows.get(2));
+    assert_eq!((written, writers, events), (published, 16, published));
 }

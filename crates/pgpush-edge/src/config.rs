@@ -369,7 +369,8 @@ pub struct DurableArgs {
     #[arg(long, env = "PGPUSH_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_window: Duration,
 
-    /// How long the sequencer waits between polls when nothing is waiting for a position.
+    /// How often the sequencer gives waiting events their positions (a batch starts at most
+    /// this often, unless the last one was full): the latency it adds, and its cost under load.
     #[arg(long, env = "PGPUSH_SEQUENCER_INTERVAL", default_value = "5ms", value_parser = humantime::parse_duration)]
     pub sequencer_interval: Duration,
 

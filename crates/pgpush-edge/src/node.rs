@@ -204,7 +204,7 @@ pub async fn run(
     ));
     let sequencer = (!config.durable.no_sequencer).then(|| {
         let settings = SequencerConfig {
-            idle_interval: config.durable.sequencer_interval,
+            interval: config.durable.sequencer_interval,
             takeover_interval: config.durable.sequencer_takeover,
             batch_size: 10_000,
             retention_age: Some(config.durable.retention_age).filter(|d| !d.is_zero()),

@@ -86,6 +86,14 @@ pub(crate) struct RunArgs {
     /// How messages are published.
     #[arg(long, env = "PUBLISH_VIA", value_enum)]
     publish_via: Option<PublishVia>,
+    /// Publishing connections (each channel belongs to one, so its messages stay in order).
+    #[arg(long, default_value_t = 4)]
+    writers: usize,
+    /// Publish over SQL in transactions that also insert a row (into `pgpush_loadgen_writes`),
+    /// as an application publishing about its own write would: commits then flush WAL, which is
+    /// what NOTIFY's global lock serialises.
+    #[arg(long)]
+    write_row: bool,
     /// The server's protocol.
     #[arg(long, value_enum, default_value = "pgpush")]
     server: ServerKind,

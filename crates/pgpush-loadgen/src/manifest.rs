@@ -62,6 +62,10 @@ pub(crate) struct Plan {
     pub(crate) rate: f64,
     pub(crate) duration: Duration,
     pub(crate) publish_via: PublishVia,
+    /// Publishing connections.
+    pub(crate) writers: usize,
+    /// SQL publishes in transactions that also insert a row.
+    pub(crate) write_row: bool,
     pub(crate) thresholds: Thresholds,
 }
 
@@ -123,6 +127,8 @@ impl Plan {
                 }
             },
             publish_via: args.publish_via.unwrap_or(default_via),
+            writers: args.writers.max(1),
+            write_row: args.write_row,
             thresholds,
         })
     }

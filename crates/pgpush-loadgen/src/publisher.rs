@@ -1,6 +1,6 @@
 //! The publisher: numbered, timestamped messages (`{"seq":n,"t":<ns>}`) at a steady rate, or as
-//! fast as delivery keeps up, over HTTP or SQL. Each channel belongs to one lane (one connection),
-//! so a channel's messages are published in order.
+//! fast as delivery keeps up, over HTTP or SQL. Each channel belongs to one writer (one
+//! connection), so a channel's messages are published in order.
 
 use std::{
     collections::BTreeMap,
@@ -19,9 +19,6 @@ use hyper_util::rt::TokioIo;
 
 use crate::{PublishVia, ServerKind, manifest::Plan, tally::now_nanos};
 
-/// Parallel publishing connections.
-const LANES: usize = 4;
-
 /// Closed-loop gate: publish only while fewer than `window` messages per subscriber are in
 /// flight (published times subscribers per channel, minus delivered).
 #[derive(Debug, Clone)]
@@ -33,8 +30,20 @@ pub(crate) struct Gate {
 
 enum Connection {
     Http(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    Sql(tokio_postgres::Client, &'static str),
+    Sql(SqlWriter),
 }
+
+/// A SQL publishing connection with its statements prepared once.
+struct SqlWriter {
+    client: tokio_postgres::Client,
+    publish: tokio_postgres::Statement,
+    /// With `--write-row`: the row each publishing transaction inserts first.
+    write_row: Option<tokio_postgres::Statement>,
+}
+
+/// The table `--write-row` transactions insert into.
+const WRITES_TABLE: &str = "CREATE TABLE IF NOT EXISTS pgpush_loadgen_writes (
+    channel text NOT NULL, seq bigint NOT NULL, written_at timestamptz NOT NULL DEFAULT now())";
 
 /// Publishes for `plan.duration`; returns how many messages went to each channel.
 pub(crate) async fn publish(
@@ -46,15 +55,15 @@ pub(crate) async fn publish(
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let published = Arc::new(AtomicU64::new(0));
     let deadline = tokio::time::Instant::now() + plan.duration;
-    let lanes = LANES.min(plan.channels);
+    let writers = plan.writers.min(plan.channels);
     let mut tasks = Vec::new();
-    for lane in 0..lanes {
+    for writer in 0..writers {
         let channels: Vec<String> = (0..plan.channels)
-            .filter(|c| c % lanes == lane)
+            .filter(|c| c % writers == writer)
             .map(|c| format!("lg-{c}"))
             .collect();
-        let mut connection = open(plan.publish_via, server, target, database_url).await?;
-        let rate = plan.rate / lanes as f64;
+        let mut connection = open(plan, server, target, database_url).await?;
+        let rate = plan.rate / writers as f64;
         let gate = gate.clone();
         let published = published.clone();
         let mode = mode_query(plan.publish_via);
@@ -85,7 +94,16 @@ pub(crate) async fn publish(
                 let channel = &channels[(n as usize) % channels.len()];
                 let seq = sent.get(channel).copied().unwrap_or(0) + 1;
                 let payload = format!(r#"{{"seq":{seq},"t":{}}}"#, now_nanos());
-                send(&mut connection, server, target, channel, &payload, mode).await?;
+                send(
+                    &mut connection,
+                    server,
+                    target,
+                    channel,
+                    seq,
+                    &payload,
+                    mode,
+                )
+                .await?;
                 sent.insert(channel.clone(), seq);
                 published.fetch_add(1, Ordering::Relaxed);
                 n += 1;
@@ -101,11 +119,12 @@ pub(crate) async fn publish(
 }
 
 async fn open(
-    via: PublishVia,
+    plan: &Plan,
     server: ServerKind,
     target: SocketAddr,
     database_url: Option<&str>,
 ) -> anyhow::Result<Connection> {
+    let via = plan.publish_via;
     match via {
         PublishVia::HttpDurable | PublishVia::HttpEphemeral => {
             let stream = tokio::net::TcpStream::connect(target).await?;
@@ -120,12 +139,25 @@ async fn open(
             let url = database_url.context("--database-url is needed to publish over SQL")?;
             let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
             tokio::spawn(connection);
-            let statement = if via == PublishVia::SqlNotify {
-                "SELECT pg_notify($1, $2)"
+            let publish = client
+                .prepare(if via == PublishVia::SqlNotify {
+                    "SELECT pg_notify($1, $2)"
+                } else {
+                    "SELECT pgpush.publish($1::text, $2::text)"
+                })
+                .await?;
+            let write_row = if plan.write_row {
+                client.batch_execute(WRITES_TABLE).await?;
+                let insert = "INSERT INTO pgpush_loadgen_writes (channel, seq) VALUES ($1, $2)";
+                Some(client.prepare(insert).await?)
             } else {
-                "SELECT pgpush.publish($1::text, $2::text)"
+                None
             };
-            Ok(Connection::Sql(client, statement))
+            Ok(Connection::Sql(SqlWriter {
+                client,
+                publish,
+                write_row,
+            }))
         }
     }
 }
@@ -135,13 +167,29 @@ async fn send(
     server: ServerKind,
     target: SocketAddr,
     channel: &str,
+    seq: u64,
     payload: &str,
     mode: &str,
 ) -> anyhow::Result<()> {
     match connection {
-        Connection::Sql(client, statement) => {
-            client.execute(*statement, &[&channel, &payload]).await?;
-        }
+        Connection::Sql(writer) => match &writer.write_row {
+            None => {
+                writer
+                    .client
+                    .execute(&writer.publish, &[&channel, &payload])
+                    .await?;
+            }
+            Some(insert) => {
+                let transaction = writer.client.transaction().await?;
+                transaction
+                    .execute(insert, &[&channel, &(seq as i64)])
+                    .await?;
+                transaction
+                    .execute(&writer.publish, &[&channel, &payload])
+                    .await?;
+                transaction.commit().await?;
+            }
+        },
         Connection::Http(sender) => {
             let path = match server {
                 ServerKind::Nchan => format!("/pub/{channel}"),

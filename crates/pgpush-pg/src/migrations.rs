@@ -22,6 +22,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "cache invalidation: watch_table",
         include_str!("../migrations/0003_watch_table.sql"),
     ),
+    (
+        4,
+        "plans that stay cheap: pgpush.publish in PL/pgSQL, the sequencer probe on its index",
+        include_str!("../migrations/0004_cheap_plans.sql"),
+    ),
 ];
 
 /// Advisory lock that serialises concurrent `migrate` runs (several nodes starting at once).

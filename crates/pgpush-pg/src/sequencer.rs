@@ -14,8 +14,10 @@ const SEQUENCER_LOCK: i64 = 0x7067_7075_7368_0001;
 /// How a sequencer works.
 #[derive(Debug, Clone)]
 pub struct SequencerConfig {
-    /// Pause between batches when the last one found nothing (bounds added latency).
-    pub idle_interval: Duration,
+    /// A batch starts at most this often (bounds added latency). Under load the sequencer's
+    /// cost (a transaction, a NOTIFY, every node's catch-up query) is then paid per interval,
+    /// not per handful of events; idle, it is one index probe per interval.
+    pub interval: Duration,
     /// How often a node that is not the sequencer tries to become it.
     pub takeover_interval: Duration,
     /// Most events positioned per batch.
@@ -128,6 +130,8 @@ async fn lead(
         .prepare("DELETE FROM pgpush.hippie_clients WHERE updated_at < now() - interval '1 hour'")
         .await?;
     let mut retention_due = tokio::time::Instant::now();
+    // Before the first batch nothing is known: treat it as not full.
+    let mut previous_last = i64::MAX;
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -160,10 +164,14 @@ async fn lead(
             }
             client.execute(&forget_clients, &[]).await?;
         }
-        if assigned.is_none() {
+        // A full batch leaves a backlog: go on at once.
+        let full =
+            assigned.is_some_and(|last| last - previous_last >= i64::from(settings.batch_size));
+        previous_last = assigned.unwrap_or(previous_last);
+        if !full {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(settings.idle_interval) => {}
+                _ = tokio::time::sleep_until(started + settings.interval) => {}
             }
         }
     }
