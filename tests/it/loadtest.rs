@@ -102,36 +102,27 @@ async fn smoke_two_thousand_mixed_clients_through_a_cluster_lose_nothing() {
     .await
     .expect("pgpush up came up");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let dir = tempfile::tempdir().unwrap();
-    let summary_path = dir.path().join("summary.json");
     // No threshold on times in CI: loss, duplicates, order and connect failures only.
-    let status = Command::new(loadgen_binary())
-        .args(["run", "cluster", "--url", &format!("http://{listen}")])
-        .args([
-            "--connections",
-            "2000",
-            "--duration",
-            "30s",
-            "--processes",
-            "2",
-            "--source-addresses",
-            "4",
-        ])
-        .args([
-            "--max-p99-ms",
-            "0",
-            "--max-connect-failure-ratio",
-            "0",
-            "--json",
-        ])
-        .arg(&summary_path)
-        .stdout(Stdio::null())
-        .status()
-        .await
-        .unwrap();
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
-    assert!(status.success(), "thresholds failed: {summary:#}");
+    let listen_url = format!("http://{listen}");
+    let summary = run_loadgen(&[
+        "run",
+        "cluster",
+        "--url",
+        &listen_url,
+        "--connections",
+        "2000",
+        "--duration",
+        "30s",
+        "--processes",
+        "2",
+        "--source-addresses",
+        "4",
+        "--max-p99-ms",
+        "0",
+        "--max-connect-failure-ratio",
+        "0",
+    ])
+    .await;
     assert_eq!(summary["connected"], 2000);
     assert_eq!(summary["lost"], 0);
     assert_eq!(summary["duplicates"], 0);
@@ -157,30 +148,33 @@ async fn smoke_two_thousand_mixed_clients_through_a_cluster_lose_nothing() {
 async fn sixteen_sql_writers_publishing_beside_their_own_rows_lose_nothing() {
     let pg = TestPostgres::start();
     let edge = Edge::start(&pg.url()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let summary_path = dir.path().join("summary.json");
-    let status = Command::new(loadgen_binary())
-        .args(["run", "sse", "--url", &format!("http://{}", edge.address())])
-        .args(["--database-url", &pg.url(), "--publish-via", "sql-durable"])
-        .args(["--connections", "16", "--channels", "16"])
-        .args([
-            "--writers",
-            "16",
-            "--write-row",
-            "--rate",
-            "0",
-            "--window",
-            "1000",
-        ])
-        .args(["--duration", "5s", "--max-p99-ms", "0", "--json"])
-        .arg(&summary_path)
-        .stdout(Stdio::null())
-        .status()
-        .await
-        .unwrap();
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
-    assert!(status.success(), "thresholds failed: {summary:#}");
+    let (url, database_url) = (format!("http://{}", edge.address()), pg.url());
+    let summary = run_loadgen(&[
+        "run",
+        "sse",
+        "--url",
+        &url,
+        "--database-url",
+        &database_url,
+        "--publish-via",
+        "sql-durable",
+        "--connections",
+        "16",
+        "--channels",
+        "16",
+        "--writers",
+        "16",
+        "--write-row",
+        "--rate",
+        "0",
+        "--window",
+        "1000",
+        "--duration",
+        "5s",
+        "--max-p99-ms",
+        "0",
+    ])
+    .await;
     assert_eq!(summary["connected"], 16);
     assert_eq!(
         (
@@ -205,4 +199,23 @@ async fn sixteen_sql_writers_publishing_beside_their_own_rows_lose_nothing() {
         .unwrap();
     let (written, writers, events): (i64, i64, i64) = (rows.get(0), rows.get(1), rows.get(2));
     assert_eq!((written, writers, events), (published, 16, published));
+}
+
+/// Runs the load generator with `args` and `--json`, and returns its summary once its
+/// thresholds held.
+async fn run_loadgen(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let summary_path = dir.path().join("summary.json");
+    let status = Command::new(loadgen_binary())
+        .args(args)
+        .arg("--json")
+        .arg(&summary_path)
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    assert!(status.success(), "thresholds failed: {summary:#}");
+    summary
 }
