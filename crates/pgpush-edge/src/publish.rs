@@ -32,10 +32,7 @@ pub(crate) async fn http_publish(
         &node.config.trusted_proxies,
     );
     let result = match &mode {
-        Ok(mode) => match node.limits.publish_from(address) {
-            Ok(()) => http_publish_in(&node, request, channel_path, *mode, &grant).await,
-            Err(error) => Err(error),
-        },
+        Ok(mode) => http_publish_in(&node, address, request, channel_path, *mode, &grant).await,
         Err(error) => Err(error.clone()),
     };
     let counted = result.as_ref().map(|_| ()).map_err(|e| e.code);
@@ -60,11 +57,13 @@ fn requested_mode(request: &Request<Incoming>) -> Result<PublishMode, ApiError> 
 
 async fn http_publish_in(
     node: &Node,
+    address: std::net::IpAddr,
     request: Request<Incoming>,
     channel_path: &str,
     mode: PublishMode,
     grant: &Grant,
 ) -> Result<Response<Body>, ApiError> {
+    node.limits.publish_from(address)?;
     let name = percent_decode_str(channel_path)
         .decode_utf8()
         .map_err(|_| {

@@ -1,6 +1,6 @@
 //! `<prefix>/pub/<channel>` and client frames: stamp `time` and `address`, then publish.
 
-use std::{net::IpAddr, sync::Arc, sync::atomic::Ordering};
+use std::{sync::Arc, sync::atomic::Ordering};
 
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -23,14 +23,7 @@ pub(crate) async fn stamp_and_publish(
     channel: &Channel,
     message: &str,
 ) -> Result<(), ApiError> {
-    let result = match info
-        .grant
-        .check(Action::Publish, channel)
-        .and_then(|()| node.limits.publish_from(info.address))
-    {
-        Ok(()) => stamp_and_publish_in(node, channel, message, info.address).await,
-        Err(error) => Err(error),
-    };
+    let result = stamp_and_publish_in(node, info, channel, message).await;
     node.stats.count_publish(
         PublishVia::Hippie,
         Some(PublishMode::Ephemeral),
@@ -41,15 +34,17 @@ pub(crate) async fn stamp_and_publish(
 
 async fn stamp_and_publish_in(
     node: &Node,
+    info: &RequestInfo,
     channel: &Channel,
     message: &str,
-    address: IpAddr,
 ) -> Result<(), ApiError> {
+    info.grant.check(Action::Publish, channel)?;
+    node.limits.publish_from(info.address)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let stamped = stamp(message, now, &address.to_string())
+    let stamped = stamp(message, now, &info.address.to_string())
         .map_err(|error| ApiError::new(ErrorCode::BadPayload, error.to_string()))?;
     publish::publish(node, channel, &stamped, PublishMode::Ephemeral, None, None).await?;
     if let Some(hippie) = &node.hippie {
