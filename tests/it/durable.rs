@@ -431,6 +431,72 @@ async fn the_sql_api_works_in_any_transaction_and_trigger() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sql_publishes_over_the_limits_are_refused_by_name_and_a_lowered_cap_holds_at_the_node() {
+    use tokio_postgres::error::SqlState;
+
+    let pg = TestPostgres::start();
+    let edge = Edge::start(&pg.url()).await;
+    let client = pg.client().await;
+    let refusal = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let error = client.query_one(sql, &[]).await.unwrap_err();
+            let db = error
+                .as_db_error()
+                .unwrap_or_else(|| panic!("{sql}: {error}"));
+            (db.code().clone(), db.constraint().map(str::to_owned))
+        }
+    };
+    let check = |constraint: &str| (SqlState::CHECK_VIOLATION, Some(constraint.to_owned()));
+    for (sql, constraint) in [
+        (
+            "SELECT pgpush.publish(repeat('c', 64), 'x')",
+            "events_channel_name",
+        ),
+        ("SELECT pgpush.publish('', 'x')", "events_channel_name"),
+        (
+            "SELECT pgpush.publish('c', repeat('x', 1048577))",
+            "events_payload_size",
+        ),
+    ] {
+        assert_eq!(refusal(sql).await, check(constraint), "{sql}");
+    }
+    // The operator lowers the cap to 1,000 bytes with the procedure of migration 1.
+    client
+        .batch_execute(
+            "ALTER TABLE pgpush.events DROP CONSTRAINT events_payload_size,
+                 ADD CONSTRAINT events_payload_size CHECK (octet_length(payload) <= 1000) NOT VALID",
+        )
+        .await
+        .unwrap();
+    let too_big = "SELECT pgpush.publish('capped', repeat('x', 1001))";
+    assert_eq!(refusal(too_big).await, check("events_payload_size"));
+    client
+        .query_one("SELECT pgpush.publish('capped', repeat('x', 1000))", &[])
+        .await
+        .unwrap();
+    // The node, whose own cap is still 1 MiB, reports the database's as too_large, and keeps
+    // serving.
+    let body = json!({"blob": "x".repeat(1000)}).to_string();
+    let refused = http::post(edge.address(), "/v1/publish/capped", body).await;
+    assert_eq!(refused.status, 413, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "too_large");
+    let accepted = http::post(edge.address(), "/v1/publish/capped", r#"{"ok":1}"#).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    let stored: Vec<i32> = client
+        .query(
+            "SELECT octet_length(payload) FROM pgpush.events WHERE channel = 'capped' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(stored, [1000, 8]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn ephemeral_notify_keeps_working_beside_durable_on_the_same_channel() {
     let pg = TestPostgres::start();
     let edge = Edge::start(&pg.url()).await;

@@ -91,7 +91,7 @@ pub(crate) struct RunArgs {
     writers: usize,
     /// Publish over SQL in transactions that also insert a row (into `pgpush_loadgen_writes`),
     /// as an application publishing about its own write would: commits then flush WAL, which is
-    /// what NOTIFY's global lock serialises.
+    /// what NOTIFY's global lock serialises. Each transaction is pipelined: one round trip.
     #[arg(long)]
     write_row: bool,
     /// The server's protocol.

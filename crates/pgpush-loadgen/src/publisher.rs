@@ -180,14 +180,18 @@ async fn send(
                     .await?;
             }
             Some(insert) => {
-                let transaction = writer.client.transaction().await?;
-                transaction
-                    .execute(insert, &[&channel, &(seq as i64)])
-                    .await?;
-                transaction
-                    .execute(&writer.publish, &[&channel, &payload])
-                    .await?;
-                transaction.commit().await?;
+                // One round trip: tokio-postgres sends a statement when its future is first
+                // polled, try_join4 polls them in order, and the server answers in order. A
+                // failing statement fails the ones after it ("transaction is aborted") and
+                // COMMIT then rolls back, so an error here means nothing was published.
+                let client = &writer.client;
+                futures_util::future::try_join4(
+                    client.batch_execute("BEGIN"),
+                    client.execute(insert, &[&channel, &(seq as i64)]),
+                    client.execute(&writer.publish, &[&channel, &payload]),
+                    client.batch_execute("COMMIT"),
+                )
+                .await?;
             }
         },
         Connection::Http(sender) => {
