@@ -9,7 +9,9 @@ use std::{
 };
 
 use pgpush_demo::cache::InvalidatingCache;
-use pgpush_tests::{Edge, EdgeOptions, TestPostgres, WsClient, edge::pgpush_binary, http};
+use pgpush_tests::{
+    Edge, EdgeOptions, TestPostgres, WsClient, edge::pgpush_binary, http, postgres::db_error,
+};
 use serde_json::{Value, json};
 use tokio::process::Command;
 use tokio_postgres::Client;
@@ -247,12 +249,7 @@ async fn watch_table_publishes_row_changes_and_refuses_bad_arguments() {
 
 /// The message of the error `sql` fails with.
 async fn sql_error(db: &Client, sql: &str) -> String {
-    let error = db.execute(sql, &[]).await.expect_err(sql);
-    error
-        .as_db_error()
-        .unwrap_or_else(|| panic!("{sql}: {error:?}"))
-        .message()
-        .to_owned()
+    db_error(db, sql).await.message().to_owned()
 }
 
 /// Loads product names through `cache`, counting database reads.

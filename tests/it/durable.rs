@@ -6,7 +6,9 @@ use std::{collections::HashMap, time::Duration};
 use pgpush_tests::{
     Edge, EdgeOptions, SseClient, TestPostgres, WsClient,
     durable::{ResumingSubscriber, position_of},
-    http, wait_until,
+    http,
+    postgres::db_error,
+    wait_until,
 };
 use serde_json::{Value, json};
 
@@ -440,11 +442,8 @@ async fn sql_publishes_over_the_limits_are_refused_by_name_and_a_lowered_cap_hol
     let refusal = |sql: &'static str| {
         let client = &client;
         async move {
-            let error = client.query_one(sql, &[]).await.unwrap_err();
-            let db = error
-                .as_db_error()
-                .unwrap_or_else(|| panic!("{sql}: {error}"));
-            (db.code().clone(), db.constraint().map(str::to_owned))
+            let error = db_error(client, sql).await;
+            (error.code().clone(), error.constraint().map(str::to_owned))
         }
     };
     let check = |constraint: &str| (SqlState::CHECK_VIOLATION, Some(constraint.to_owned()));

@@ -98,3 +98,12 @@ impl TestPostgres {
             .get(0)
     }
 }
+
+/// The database error `sql` fails with; panics if it succeeds or fails some other way.
+pub async fn db_error(client: &Client, sql: &str) -> tokio_postgres::error::DbError {
+    let error = client.execute(sql, &[]).await.expect_err(sql);
+    error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{sql}: {error:?}"))
+        .clone()
+}
