@@ -211,9 +211,16 @@ async fn metrics_move_by_exactly_what_clients_and_postgres_do() {
     let on_client_port = request(edge.address(), Method::GET, "/metrics", &[], "").await;
     assert_eq!(on_client_port.status, StatusCode::NOT_FOUND);
 
-    wait_until(SOON, "first sample of PostgreSQL's side", || async {
-        edge.metrics().await.value("pgpush_database_sample_ok", &[]) == 1.0
-    })
+    // The node takes the sequencer's lock on its own after it starts serving.
+    wait_until(
+        SOON,
+        "first sample of PostgreSQL's side, and leadership",
+        || async {
+            let metrics = edge.metrics().await;
+            metrics.value("pgpush_database_sample_ok", &[]) == 1.0
+                && metrics.value("pgpush_sequencer_leader", &[]) == 1.0
+        },
+    )
     .await;
     let start = edge.metrics().await;
     for family in METRIC_FAMILIES {
