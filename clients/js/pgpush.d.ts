@@ -49,8 +49,13 @@ export interface PgPushEvents {
   connected: { transport: Transport };
   /** The live connection ended; the client reconnects in `retryInMs`. */
   disconnected: { transport: Transport; code: number; reason: string; retryInMs: number };
-  /** The cursor was older than the server's retention: reload your state. */
-  reset: { reason: string };
+  /**
+   * Reload your state: the events after your cursor are gone. `reason` is `cursor expired`
+   * (older than the server's retention) or `history changed` (PostgreSQL lost events you may
+   * have received: a failover to an asynchronous standby, a restore from a backup). Messages
+   * that follow continue from the new history.
+   */
+  reset: { reason: 'cursor expired' | 'history changed' | string };
   error: PgPushError;
 }
 

@@ -239,7 +239,12 @@ export class PgPush {
         if (message.cursor) this.cursor = message.cursor;
         this._emit('message', message);
       },
-      reset: (reason) => current() && this._emit('reset', { reason }),
+      // A reset may carry the cursor the new history goes on from: later reconnects resume there.
+      reset: (reason, cursor) => {
+        if (!current()) return;
+        if (cursor) this.cursor = cursor;
+        this._emit('reset', { reason });
+      },
       error: (error) => current() && this._emit('error', error),
       closed: (code, reason) => {
         clearTimeout(connectTimer);
@@ -329,7 +334,7 @@ function openWebSocket(client, on) {
         on.ready();
         break;
       case 'reset':
-        on.reset(frame.reason);
+        on.reset(frame.reason, frame.cursor);
         break;
       case 'ack':
         client._settle(frame.ref, null, frame.cursor ? { cursor: frame.cursor } : {});
@@ -383,7 +388,11 @@ function openEventSource(client, on) {
       if (cursor) lastId = cursor;
       on.message({ channel: frame.channel, data: frame.data, cursor });
     });
-    source.addEventListener('reset', (event) => on.reset(JSON.parse(event.data).reason));
+    source.addEventListener('reset', (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.cursor) lastId = frame.cursor;
+      on.reset(frame.reason, frame.cursor);
+    });
     source.addEventListener('error', (event) => {
       if (event.data) {
         const frame = JSON.parse(event.data);
@@ -443,7 +452,7 @@ function openPoll(client, on) {
         on.closed(response.status, body.reason ?? 'poll refused');
         return;
       }
-      if (body.reset) on.reset('cursor expired');
+      if (body.reset) on.reset(body.reason ?? 'cursor expired', body.cursor);
       for (const message of body.messages) {
         on.message({ channel: message.channel, data: message.data, cursor: message.cursor });
       }

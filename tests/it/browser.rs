@@ -1,11 +1,12 @@
 //! The pages and pgpush.js in a real headless Chromium: the map follows the `person` table, the
-//! chat delivers once to every page, the client falls back and survives a killed node.
+//! chat delivers once to every page, the client falls back and survives a killed node, and both
+//! pages start over from the database when a restore from a backup loses what they showed.
 
 use std::time::{Duration, Instant};
 
 use pgpush_tests::{
     Browser, Edge, EdgeOptions, Nginx, Page, TestPostgres, browser::screenshot_path,
-    edge::pgpush_binary, http,
+    edge::pgpush_binary, http, wait_until,
 };
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -621,4 +622,122 @@ async fn the_client_renews_its_token_in_band_and_reconnects_with_a_fresh_one_whe
     );
     assert_eq!(browser.eval(&page, "window.ws.calls").await, json!(2));
     browser.close(&page).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_from_a_backup_resets_the_pages_and_every_cursor_past_it() {
+    let postgres = demo_database().await;
+    let db = postgres.client().await;
+    db.batch_execute("INSERT INTO person (name, loc) VALUES ('Ada', 'POINT(4.8900 52.3700)')")
+        .await
+        .unwrap();
+    let edge = Edge::start_with(&postgres.url(), EdgeOptions::args(&["--demo"])).await;
+    let mut browser = Browser::start().await;
+    let map = browser.new_page(None).await;
+    browser
+        .goto(&map, &format!("http://{}/demo/map", edge.address()))
+        .await;
+    let chat = browser.new_page(None).await;
+    browser
+        .goto(&chat, &format!("http://{}/demo/chat", edge.address()))
+        .await;
+    let markers = |n: usize| format!("document.querySelectorAll('.marker').length === {n}");
+    browser
+        .wait_for(&map, &format!("{CONNECTED} && {}", markers(1)), SOON)
+        .await;
+    browser.wait_for(&chat, CONNECTED, SOON).await;
+    let say = |text: &str| json!({"type": "chat", "nick": "test", "text": text}).to_string();
+    http::post(edge.address(), "/v1/publish/chat", say("before the backup")).await;
+    browser
+        .wait_for(&chat, &chat_line_shown("before the backup"), SOON)
+        .await;
+
+    // The backup; then changes the restore will lose, which the pages show meanwhile.
+    let backup = postgres.cold_backup().await;
+    let db = postgres.client().await;
+    db.batch_execute(
+        "UPDATE person SET loc = 'POINT(4.9100 52.3800)' WHERE name = 'Ada';
+         INSERT INTO person (name, loc) VALUES ('Lost', 'POINT(4.9000 52.3600)');",
+    )
+    .await
+    .unwrap();
+    let lost = "lost with the restore";
+    wait_until(SOON, "the node publishes again", || async {
+        http::post(edge.address(), "/v1/publish/chat", say(lost))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    browser.wait_for(&map, &markers(2), SOON).await;
+    browser.wait_for(&chat, &chat_line_shown(lost), SOON).await;
+    let past_the_backup = browser
+        .eval(&chat, "window.pgpushDemo.client.cursor")
+        .await
+        .as_str()
+        .expect("a cursor")
+        .to_owned();
+
+    postgres.restore(backup).await;
+    // The map reloads the table as the backup has it; the chat starts over and says why.
+    browser
+        .wait_for(
+            &map,
+            &format!(
+                "{} && Math.abs(document.querySelector('.marker').dataset.lon - 4.89) < 1e-9",
+                markers(1)
+            ),
+            Duration::from_secs(20),
+        )
+        .await;
+    browser
+        .wait_for(
+            &chat,
+            "!!document.querySelector('#messages li.notice')",
+            SOON,
+        )
+        .await;
+    assert_eq!(chat_lines(&mut browser, &chat, lost).await, 0);
+    browser
+        .screenshot(&chat, &screenshot_path("chat-after-restore.png"))
+        .await;
+
+    // Then both go on live, once.
+    let db = postgres.client().await;
+    wait_until(SOON, "the node publishes again", || async {
+        http::post(edge.address(), "/v1/publish/chat", say("after the restore"))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    browser
+        .wait_for(&chat, &chat_line_shown("after the restore"), SOON)
+        .await;
+    db.batch_execute("UPDATE person SET loc = 'POINT(4.8800 52.3650)' WHERE name = 'Ada'")
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            &map,
+            "Math.abs(document.querySelector('.marker').dataset.lon - 4.88) < 1e-9",
+            SOON,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        chat_lines(&mut browser, &chat, "after the restore").await,
+        1
+    );
+    browser
+        .screenshot(&map, &screenshot_path("map-after-restore.png"))
+        .await;
+
+    // A cursor from after the backup names events the restored database never had.
+    let url = edge.ws_url(&format!("/v1/ws?channel=chat&since={past_the_backup}"));
+    let mut client = pgpush_tests::WsClient::connect(&url).await;
+    let reset = client.next_json(SOON).await;
+    assert_eq!(reset["type"], "reset", "{reset}");
+    assert_eq!(reset["reason"], "history changed");
+    assert!(edge.log().contains("PostgreSQL lost durable events"));
 }

@@ -1,70 +1,15 @@
 //! Durable delivery across faults injected for real: a node SIGKILLed (the sequencer or not)
 //! while events stream, and PostgreSQL restarted. Zero lost, zero duplicated, order kept.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Duration,
+use std::time::Duration;
+
+use pgpush_tests::{
+    Edge, TestPostgres,
+    durable::{ResumingSubscriber, Writer, assert_positioned_once, stored},
+    edge::the_sequencer,
+    wait_until,
 };
-
-use pgpush_tests::{Edge, TestPostgres, durable::ResumingSubscriber, wait_until};
 use serde_json::Value;
-
-use crate::SOON;
-
-/// Publishes `{"n":k}` on `channel` through `pgpush.publish` at ~`rate`/s until stopped,
-/// reconnecting after failures. Returns the count of publishes known to have committed.
-fn spawn_writer(
-    url: String,
-    channel: &'static str,
-    rate: u64,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<u64> {
-    let committed = Arc::new(AtomicU64::new(0));
-    tokio::spawn(async move {
-        let mut n = 0u64;
-        'outer: while !stop.load(Ordering::Relaxed) {
-            let Ok((client, connection)) =
-                tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-            else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            tokio::spawn(connection);
-            while !stop.load(Ordering::Relaxed) {
-                let payload = format!(r#"{{"n":{}}}"#, n + 1);
-                if client
-                    .execute("SELECT pgpush.publish($1, $2)", &[&channel, &payload])
-                    .await
-                    .is_err()
-                {
-                    continue 'outer;
-                }
-                n += 1;
-                committed.store(n, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(1000 / rate)).await;
-            }
-        }
-        committed.load(Ordering::Relaxed)
-    })
-}
-
-/// The payloads stored for `channel`, in position order: what every subscriber must get.
-async fn stored(pg: &TestPostgres, channel: &str) -> Vec<Value> {
-    pg.client()
-        .await
-        .query(
-            "SELECT payload FROM pgpush.events WHERE channel = $1 ORDER BY position",
-            &[&channel],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| serde_json::from_str(row.get::<_, &str>(0)).unwrap())
-        .collect()
-}
 
 async fn kill_a_node_mid_stream(kill_the_sequencer: bool) {
     let pg = TestPostgres::start();
@@ -72,20 +17,7 @@ async fn kill_a_node_mid_stream(kill_the_sequencer: bool) {
     for _ in 0..3 {
         nodes.push(Edge::start(&pg.url()).await);
     }
-    wait_until(SOON, "a sequencer", || async {
-        let mut leaders = 0;
-        for node in &nodes {
-            leaders += usize::from(node.stats().await.sequencer);
-        }
-        leaders == 1
-    })
-    .await;
-    let mut sequencer = 0;
-    for (i, node) in nodes.iter().enumerate() {
-        if node.stats().await.sequencer {
-            sequencer = i;
-        }
-    }
+    let sequencer = the_sequencer(&nodes).await;
     let victim = if kill_the_sequencer {
         sequencer
     } else {
@@ -98,8 +30,7 @@ async fn kill_a_node_mid_stream(kill_the_sequencer: bool) {
         subscriber.connect().await;
         subscribers.push(subscriber);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(pg.url(), "stream", 200, stop.clone());
+    let writer = Writer::start(pg.url(), "stream", 200);
     // Let the stream run, read some of it, then kill the node.
     let mut readers = Vec::new();
     for mut subscriber in subscribers {
@@ -130,9 +61,8 @@ async fn kill_a_node_mid_stream(kill_the_sequencer: bool) {
         .await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    let committed = writer.await.unwrap();
-    let expected = stored(&pg, "stream").await;
+    let committed = writer.stop().await;
+    let expected = payloads(&pg, "stream").await;
     assert!(
         expected.len() as u64 >= committed,
         "every committed publish is stored"
@@ -162,15 +92,16 @@ async fn kill_a_node_mid_stream(kill_the_sequencer: bool) {
         moved, 20,
         "the 20 clients of the killed node resumed on the others"
     );
-    let row = pg
-        .client()
+    assert_positioned_once(&pg).await;
+}
+
+/// The payloads stored for `channel`, in position order.
+async fn payloads(pg: &TestPostgres, channel: &str) -> Vec<Value> {
+    stored(pg, channel)
         .await
-        .query_one("SELECT count(*) FILTER (WHERE position IS NULL), count(DISTINCT position), count(*) FROM pgpush.events", &[])
-        .await
-        .unwrap();
-    let (unpositioned, distinct, total): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    assert_eq!(unpositioned, 0, "no event skipped by the sequencer");
-    assert_eq!(distinct, total, "no event positioned twice");
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -194,14 +125,12 @@ async fn postgres_restart_mid_stream_loses_and_repeats_nothing() {
         subscriber.connect().await;
         subscribers.push(subscriber);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(pg.url(), "stream", 100, stop.clone());
+    let writer = Writer::start(pg.url(), "stream", 100);
     tokio::time::sleep(Duration::from_secs(2)).await;
     pg.restart_fast().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
-    let expected = stored(&pg, "stream").await;
+    writer.stop().await;
+    let expected = payloads(&pg, "stream").await;
     assert!(expected.len() > 200);
     for subscriber in &mut subscribers {
         subscriber

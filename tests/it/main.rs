@@ -10,6 +10,7 @@ mod deploy;
 mod durable;
 mod durable_faults;
 mod durable_resume;
+mod failover;
 mod hippie_flows;
 mod hippie_queue;
 mod hippie_wire;

@@ -157,7 +157,7 @@ async fn traces_link_fan_out_to_each_publisher_through_postgres() {
 
 /// The metric families a node always exports (docs/observability.md; the dashboard and alerts
 /// use them).
-pub(crate) const METRIC_FAMILIES: [&str; 22] = [
+pub(crate) const METRIC_FAMILIES: [&str; 25] = [
     "pgpush_build_info",
     "pgpush_connections",
     "pgpush_subscriptions",
@@ -175,6 +175,9 @@ pub(crate) const METRIC_FAMILIES: [&str; 22] = [
     "pgpush_draining",
     "pgpush_hippie_queues",
     "pgpush_durable_queries",
+    "pgpush_durable_epoch_changes",
+    "pgpush_durable_history_forks",
+    "pgpush_durable_resets",
     "pgpush_pool_connections",
     "pgpush_pool_max_connections",
     "pgpush_pool_waiting",

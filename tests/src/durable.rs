@@ -1,11 +1,119 @@
-//! Durable-channel clients for tests: subscribers that track their cursor and resume on another
-//! node when theirs dies, and the bookkeeping that checks exactly-once, in-order delivery.
+//! Durable-channel clients for tests: a SQL writer that keeps publishing through faults,
+//! subscribers that track their cursor and resume on another node when theirs dies, and the
+//! bookkeeping that checks exactly-once, in-order delivery.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use serde_json::Value;
 
-use crate::ws::{WsClient, WsEvent, encode};
+use crate::{
+    TestPostgres,
+    ws::{WsClient, WsEvent, encode},
+};
+
+/// Publishes `{"n":k}` on a channel through `pgpush.publish` at a steady rate, reconnecting
+/// after failures (a URL with several hosts follows a failover).
+#[derive(Debug)]
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts publishing on `channel` at about `rate` per second.
+    pub fn start(url: String, channel: &'static str, rate: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let (stopped, count) = (stop.clone(), committed.clone());
+        let task = tokio::spawn(async move {
+            'connect: while !stopped.load(Ordering::Relaxed) {
+                let Ok((client, connection)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                tokio::spawn(connection);
+                while !stopped.load(Ordering::Relaxed) {
+                    let payload = format!(r#"{{"n":{}}}"#, count.load(Ordering::Relaxed) + 1);
+                    if client
+                        .execute("SELECT pgpush.publish($1, $2)", &[&channel, &payload])
+                        .await
+                        .is_err()
+                    {
+                        continue 'connect;
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(1000 / rate)).await;
+                }
+            }
+        });
+        Writer {
+            stop,
+            committed,
+            task,
+        }
+    }
+
+    /// Publishes known to have committed so far.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    /// Stops, and returns the publishes known to have committed.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.committed.load(Ordering::Relaxed)
+    }
+}
+
+/// The (position, payload) of every event stored for `channel`, in position order: what every
+/// subscriber must get.
+pub async fn stored(pg: &TestPostgres, channel: &str) -> Vec<(i64, Value)> {
+    pg.client()
+        .await
+        .query(
+            "SELECT position, payload FROM pgpush.events WHERE channel = $1 ORDER BY position",
+            &[&channel],
+        )
+        .await
+        .expect("stored events")
+        .iter()
+        .map(|row| {
+            let payload: &str = row.get(1);
+            (
+                row.get(0),
+                serde_json::from_str(payload).expect("JSON payload"),
+            )
+        })
+        .collect()
+}
+
+/// Asserts the events table gave every event exactly one position.
+pub async fn assert_positioned_once(pg: &TestPostgres) {
+    let row = pg
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FILTER (WHERE position IS NULL), count(DISTINCT position), count(*)
+             FROM pgpush.events",
+            &[],
+        )
+        .await
+        .expect("count events");
+    let (unpositioned, distinct, total): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(unpositioned, 0, "no event skipped by the sequencer");
+    assert_eq!(distinct, total, "no event positioned twice");
+}
 
 /// One durable message as a subscriber received it.
 #[derive(Debug, Clone, PartialEq)]

@@ -37,6 +37,27 @@ impl EdgeOptions {
     }
 }
 
+/// Waits (up to 10 s) until exactly one of `nodes` is the sequencer; returns its index.
+pub async fn the_sequencer(nodes: &[Edge]) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut leaders = Vec::new();
+        for (index, node) in nodes.iter().enumerate() {
+            if node.stats().await.sequencer {
+                leaders.push(index);
+            }
+        }
+        if let [leader] = leaders[..] {
+            return leader;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no single sequencer among the nodes: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A running `pgpush serve` process. Dropping it kills the process.
 #[derive(Debug)]
 pub struct Edge {

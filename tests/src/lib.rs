@@ -23,6 +23,7 @@ pub use metrics::Metrics;
 pub use nginx::Nginx;
 pub use otlp::OtlpReceiver;
 pub use postgres::TestPostgres;
+pub use raw::MxhrClient;
 pub use sse::{SseClient, SseEvent};
 pub use ws::WsClient;
 

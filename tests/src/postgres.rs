@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pgpush_pg::throwaway::{ThrowawayOptions, ThrowawayPostgres};
+use pgpush_pg::throwaway::{ThrowawayError, ThrowawayOptions, ThrowawayPostgres};
 use tokio_postgres::{Client, NoTls};
 
 /// A cluster of the test's own, removed when dropped.
@@ -25,6 +25,62 @@ impl TestPostgres {
             },
             Err(error) => panic!("cannot start a throwaway PostgreSQL: {error}"),
         }
+    }
+
+    /// A streaming standby of this cluster (asynchronous until this cluster names it in
+    /// `synchronous_standby_names`), on a port of its own.
+    pub fn standby(&self) -> TestPostgres {
+        match self.cluster.start_standby() {
+            Ok(cluster) => TestPostgres {
+                cluster: std::sync::Arc::new(cluster),
+            },
+            Err(error) => panic!("cannot start a standby: {error}"),
+        }
+    }
+
+    /// Stops the server, copies its data directory and starts it again: a backup to restore.
+    pub async fn cold_backup(&self) -> std::path::PathBuf {
+        self.blocking("cold backup", |cluster| cluster.cold_backup())
+            .await
+    }
+
+    /// Restores `backup` in place of the data directory (the server stops and starts again).
+    pub async fn restore(&self, backup: std::path::PathBuf) {
+        self.blocking("restore the backup", move |cluster| {
+            cluster.restore(&backup)
+        })
+        .await
+    }
+
+    /// Promotes this standby (`pg_ctl promote -w`).
+    pub async fn promote(&self) {
+        self.blocking("promote the standby", |cluster| cluster.promote())
+            .await
+    }
+
+    /// SIGKILLs the server and all its processes at once, as when its machine dies.
+    pub async fn kill(&self) {
+        self.blocking("SIGKILL PostgreSQL", |cluster| cluster.kill())
+            .await
+    }
+
+    /// Runs `work` on the cluster off the runtime (it waits on processes); panics naming `what`
+    /// when it fails.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce(&ThrowawayPostgres) -> Result<T, ThrowawayError> + Send + 'static,
+    ) -> T {
+        let cluster = self.cluster.clone();
+        tokio::task::spawn_blocking(move || work(&cluster))
+            .await
+            .expect("blocking task")
+            .unwrap_or_else(|error| panic!("{what}: {error}"))
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.cluster.port()
     }
 
     /// The connection URL.
@@ -65,11 +121,8 @@ impl TestPostgres {
 
     /// `pg_ctl stop -m fast`, then start again on the same port (blocking work off the runtime).
     pub async fn restart_fast(&self) {
-        let cluster = self.cluster.clone();
-        tokio::task::spawn_blocking(move || cluster.restart_fast())
+        self.blocking("restart PostgreSQL", |cluster| cluster.restart_fast())
             .await
-            .expect("restart task")
-            .expect("restart PostgreSQL");
     }
 
     /// Number of sessions with this `application_name`.

@@ -1,5 +1,6 @@
-//! Durable channels on a node: the catch-up reader that turns positioned events into fan-out,
-//! cursors, replay from the events table, and durable publishing with its cursor.
+//! Durable channels on a node: the catch-up reader that turns positioned events into fan-out and
+//! follows the database's history across epochs, cursors, replay from the events table, and
+//! durable publishing with its cursor.
 
 use std::{
     collections::HashMap,
@@ -7,13 +8,21 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use pgpush_pg::{EventRow, EventStore};
-use pgpush_protocol::{Channel, CursorError, CursorKey, ErrorCode, Message, Payload};
+use pgpush_pg::{Continuation, EventRow, EventStore, History};
+use pgpush_protocol::{
+    Channel, CursorError, CursorKey, CursorPoint, ErrorCode, Message, Payload, ResetReason,
+};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug_span, info, warn};
+use tracing::{Instrument, debug_span, error, info, warn};
 
-use crate::{http::ApiError, hub::Hub, publish::database_error, stats::Stats, telemetry};
+use crate::{
+    http::ApiError,
+    hub::{Adoption, Hub},
+    publish::database_error,
+    stats::Stats,
+    telemetry,
+};
 
 /// Events read per catch-up query.
 const CATCH_UP_BATCH: i64 = 1000;
@@ -43,8 +52,9 @@ pub(crate) struct Durable {
     config: DurableConfig,
     /// Set once the schema is there and the reader started.
     key: OnceLock<CursorKey>,
-    /// The head after each fan-out (`None` until started).
-    head: watch::Sender<Option<i64>>,
+    /// The head after each fan-out and the database's history as last read (`None` until
+    /// started); the hub holds the same, this is for waiting on it.
+    view: watch::Sender<Option<View>>,
     /// True once the reader's first attempt to start has ended, started or not.
     first_attempt: watch::Sender<bool>,
     wake: Arc<Notify>,
@@ -52,6 +62,28 @@ pub(crate) struct Durable {
     /// Publishes waiting for their event's position, by event id (several when idempotent
     /// retries of one key wait for the same event).
     waiters: Mutex<HashMap<i64, Vec<oneshot::Sender<i64>>>>,
+}
+
+/// Where the reader stands: what waiting for a cursor's point looks at.
+#[derive(Debug, Clone)]
+struct View {
+    head: i64,
+    history: Arc<History>,
+}
+
+impl View {
+    /// True when a subscription from `point` can be decided here: its epoch is known, and the
+    /// node has caught up to it unless the history no longer holds it.
+    fn decides(&self, point: CursorPoint) -> bool {
+        let epoch = point
+            .epoch
+            .unwrap_or_else(|| self.history.epoch_containing(point.position).id);
+        match self.history.shared_end(epoch) {
+            None => false,
+            Some(Some(end)) if point.position > end => true,
+            Some(_) => self.head >= point.position,
+        }
+    }
 }
 
 /// What a replay from the events table found.
@@ -82,7 +114,7 @@ impl Durable {
             hub,
             config,
             key: OnceLock::new(),
-            head: watch::channel(None).0,
+            view: watch::channel(None).0,
             first_attempt: watch::channel(false).0,
             wake,
             waiters: Mutex::new(HashMap::new()),
@@ -94,9 +126,9 @@ impl Durable {
     /// `catch_up_interval`, so a lost wake-up delays delivery but never loses it.
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut warned = false;
-        let start = loop {
+        let (start, history) = loop {
             match self.start().await {
-                Ok(head) => break head,
+                Ok(started) => break started,
                 Err(error) => {
                     self.first_attempt.send_replace(true);
                     if !warned {
@@ -110,9 +142,17 @@ impl Durable {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
         };
-        info!(head = start, "durable reader started");
-        self.hub.start_durable(start);
-        self.head.send_replace(Some(start));
+        info!(
+            head = start,
+            epoch = format!("{:x}", history.current().id),
+            "durable reader started"
+        );
+        let history = Arc::new(history);
+        self.hub.start_durable(start, history.clone());
+        self.view.send_replace(Some(View {
+            head: start,
+            history,
+        }));
         self.first_attempt.send_replace(true);
         let mut head = start;
         loop {
@@ -128,29 +168,52 @@ impl Durable {
         }
     }
 
-    async fn start(&self) -> Result<i64, pgpush_pg::Error> {
+    /// The starting head and the history it is in (read in that order, so the head is never
+    /// newer than the history's current epoch).
+    async fn start(&self) -> Result<(i64, History), pgpush_pg::Error> {
         let installation = self.store.installation().await?;
         let head = self.store.head().await?;
+        let history = self.store.history().await?;
         let _ = self.key.set(CursorKey::new(&installation.cursor_key));
-        Ok(head.last_position)
+        Ok((head.last_position, history))
     }
 
-    /// Reads every event after `head` and fans it out, in batches. Returns the new head.
+    /// Reads every event after `head` and fans it out, in batches, following the database's
+    /// history into new epochs. Returns the new head.
     async fn catch_up(&self, mut head: i64) -> Result<i64, pgpush_pg::Error> {
         loop {
             self.stats.durable_queries.fetch_add(1, Ordering::Relaxed);
-            let rows = self
+            let read = self
                 .store
                 .after(head, CATCH_UP_BATCH)
                 .instrument(debug_span!("catch_up.query", kind = "reader", after = head))
                 .await?;
-            let full = rows.len() as i64 == CATCH_UP_BATCH;
-            if rows.is_empty() {
+            let Some((_, epoch)) = self.hub.history() else {
                 return Ok(head);
+            };
+            if read.epoch != epoch {
+                head = self.adopt_history().await?;
+                continue;
             }
-            if let Some(new_head) = self.fan_out(rows) {
+            if read.last_position < head {
+                // The same epoch, but the history ends below what this node delivered: the
+                // database lost its end without noticing (nothing restarted). Say so, and go
+                // on in the epoch that begins.
+                let now = self.store.begin_epoch_if_behind(epoch, head).await?;
+                if now == epoch {
+                    return Ok(head);
+                }
+                continue;
+            }
+            let full = read.rows.len() as i64 == CATCH_UP_BATCH;
+            // A batch that is not full ends the history: every event up to the high-water mark
+            // was read (positions between epochs have none).
+            let read_up_to = (!full).then_some(read.last_position);
+            if let Some(new_head) = self.fan_out(read.rows, read_up_to)
+                && new_head != head
+            {
                 head = new_head;
-                self.head.send_replace(Some(head));
+                self.publish_view(head);
             }
             if !full {
                 return Ok(head);
@@ -158,9 +221,92 @@ impl Durable {
         }
     }
 
+    fn publish_view(&self, head: i64) {
+        self.view.send_modify(|view| {
+            if let Some(view) = view {
+                view.head = head;
+            }
+        });
+    }
+
+    /// The database's current epoch is not the one this node delivers in: reads its history and
+    /// adopts it (see [`Hub::adopt_history`]). Returns the head to go on from.
+    async fn adopt_history(&self) -> Result<i64, pgpush_pg::Error> {
+        let history = Arc::new(self.store.history().await?);
+        let key = self
+            .key
+            .get()
+            .expect("the reader starts after the key is set");
+        let adoption = self.hub.adopt_history(history.clone(), |point| {
+            Message::reset(
+                ResetReason::HistoryChanged,
+                point.position,
+                key.encode(point),
+            )
+        });
+        let Some(adoption) = adoption else {
+            return Ok(self.head().unwrap_or_default());
+        };
+        self.report(&adoption, &history);
+        self.view.send_replace(Some(View {
+            head: adoption.head,
+            history,
+        }));
+        Ok(adoption.head)
+    }
+
+    /// Logs an epoch change and counts it: an ERROR when clients lost events they had received.
+    fn report(&self, adoption: &Adoption, history: &History) {
+        self.stats
+            .durable_epoch_changes
+            .fetch_add(1, Ordering::Relaxed);
+        let epoch = format!("{:x}", history.current().id);
+        let previous = format!("{:x}", adoption.previous_epoch);
+        match adoption.continuation {
+            Continuation::Continues => info!(
+                epoch,
+                previous,
+                head = adoption.previous_head,
+                "durable history goes on in a new epoch (PostgreSQL restarted, or failed over or \
+                 was restored with everything this node delivered): nobody is reset"
+            ),
+            Continuation::Forked { shared_up_to, .. } => {
+                self.stats
+                    .durable_history_forks
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .count_resets(ResetReason::HistoryChanged, adoption.reset);
+                let lost = match shared_up_to {
+                    Some(shared) => format!(
+                        "it now ends at position {shared}, but this node had delivered up to {}",
+                        adoption.previous_head
+                    ),
+                    None => format!(
+                        "it no longer contains epoch {previous} that this node delivered in \
+                         (restored from an older backup?)"
+                    ),
+                };
+                error!(
+                    epoch,
+                    previous,
+                    head = adoption.previous_head,
+                    connections_reset = adoption.reset,
+                    "PostgreSQL lost durable events: {lost} (a failover to a standby that had not \
+                     received them, or a restore from a backup). Every connection on this node \
+                     gets `reset` and reloads its state, then goes on live in epoch {epoch}; any \
+                     cursor past the lost point gets `reset` on every node."
+                );
+            }
+        }
+    }
+
     /// Fans one batch of events out to this node's subscribers, in a `fan_out.batch` span linked
-    /// to each producer's trace context. Returns the new head.
-    fn fan_out(&self, rows: Vec<EventRow>) -> Option<i64> {
+    /// to each producer's trace context, then moves the head to `read_up_to`. Returns the new
+    /// head.
+    fn fan_out(&self, rows: Vec<EventRow>, read_up_to: Option<i64>) -> Option<i64> {
+        if rows.is_empty() {
+            return self.hub.fan_out_durable(Vec::new(), read_up_to);
+        }
         let span = debug_span!(
             "fan_out.batch",
             events = rows.len(),
@@ -177,11 +323,12 @@ impl Durable {
         for row in &rows {
             self.stats.observe_commit_to_send(row.created_at, now);
         }
+        let epoch = self.hub.cursor_epoch()?;
         let messages = rows
             .into_iter()
-            .filter_map(|row| self.message(row))
+            .filter_map(|row| self.message(row, epoch))
             .collect();
-        self.hub.fan_out_durable(messages)
+        self.hub.fan_out_durable(messages, read_up_to)
     }
 
     fn resolve_waiters(&self, rows: &[EventRow]) {
@@ -196,26 +343,42 @@ impl Durable {
         }
     }
 
-    /// A message from a stored event (`None` for a channel name no client could subscribe to).
-    fn message(&self, row: EventRow) -> Option<Message> {
+    /// A message from a stored event, its cursor in `epoch` (`None` for a channel name no
+    /// client could subscribe to).
+    fn message(&self, row: EventRow, epoch: Option<i64>) -> Option<Message> {
         let key = self.key.get()?;
         let channel = Channel::new(&row.channel).ok()?;
+        let point = CursorPoint {
+            epoch,
+            position: row.position,
+        };
         Some(Message::durable(
             channel,
             Payload::new(row.payload),
             row.position,
-            key.encode(row.position),
+            key.encode(point),
         ))
     }
 
     /// The cursor of `position`, once started.
     pub(crate) fn cursor(&self, position: i64) -> Option<String> {
-        self.key.get().map(|key| key.encode(position))
+        let point = self.hub.cursor_point(position)?;
+        self.encode(point)
+    }
+
+    /// The cursor of `point`, once started.
+    pub(crate) fn encode(&self, point: CursorPoint) -> Option<String> {
+        self.key.get().map(|key| key.encode(point))
     }
 
     /// The position up to which durable events were delivered.
     pub(crate) fn head(&self) -> Option<i64> {
-        *self.head.borrow()
+        self.view.borrow().as_ref().map(|view| view.head)
+    }
+
+    /// The epoch this node delivers in (`None` before the reader started).
+    pub(crate) fn epoch(&self) -> Option<i64> {
+        self.hub.history().map(|(_, epoch)| epoch)
     }
 
     /// Waits (up to `timeout`) until the reader's first start attempt ended. A node serves
@@ -228,8 +391,8 @@ impl Durable {
 
     /// Waits (up to `timeout`) until the reader runs; false if it did not start in time.
     pub(crate) async fn wait_started(&self, timeout: Duration) -> bool {
-        let mut head = self.head.subscribe();
-        tokio::time::timeout(timeout, head.wait_for(Option::is_some))
+        let mut view = self.view.subscribe();
+        tokio::time::timeout(timeout, view.wait_for(Option::is_some))
             .await
             .is_ok()
     }
@@ -243,29 +406,38 @@ impl Durable {
         }
     }
 
+    /// Counts a client told to reset for `reason` outside the transports' replays (a Hippie
+    /// queue whose stored position is gone).
+    pub(crate) fn count_reset(&self, reason: ResetReason) {
+        self.stats.count_resets(reason, 1);
+    }
+
     /// The events table.
     pub(crate) fn store(&self) -> &EventStore {
         &self.store
     }
 
-    /// Waits (bounded) until this node delivered everything up to `position`; false if not.
-    pub(crate) async fn wait_for(&self, position: i64) -> bool {
-        let mut head = self.head.subscribe();
-        let caught_up = tokio::time::timeout(
-            CATCH_UP_WAIT,
-            head.wait_for(|h| h.is_some_and(|h| h >= position)),
-        )
-        .await;
-        if caught_up.is_err() {
-            self.wake.notify_one();
+    /// Waits (bounded) until this node can decide a subscription from `point`: it knows the
+    /// point's epoch and has delivered everything up to it, or knows the history lost it (see
+    /// [`View::decides`]); false if not in time.
+    pub(crate) async fn wait_for(&self, point: CursorPoint) -> bool {
+        let mut view = self.view.subscribe();
+        let decided = |view: &Option<View>| view.as_ref().is_some_and(|v| v.decides(point));
+        if decided(&view.borrow()) {
+            return true;
         }
-        caught_up.is_ok()
+        // Another node is ahead, or has seen an epoch this one has not read yet: ask now.
+        self.wake.notify_one();
+        tokio::time::timeout(CATCH_UP_WAIT, view.wait_for(decided))
+            .await
+            .is_ok()
     }
 
-    /// Parses a client's cursor and waits until this node has caught up to it, so the
-    /// subscription's replay covers everything after it. A cursor from another node that is a
-    /// few milliseconds ahead is fine; a forged one is `bad_cursor`.
-    pub(crate) async fn resume_point(&self, cursor: &str) -> Result<i64, ApiError> {
+    /// Parses a client's cursor and waits until this node can resume from it: caught up to it,
+    /// so the subscription's replay covers everything after it (a cursor from another node that
+    /// is a few milliseconds ahead is fine), or sure that the database's history lost it (the
+    /// hub then answers `reset`). A forged cursor is `bad_cursor`.
+    pub(crate) async fn resume_point(&self, cursor: &str) -> Result<CursorPoint, ApiError> {
         let unavailable = || {
             ApiError::new(
                 ErrorCode::Unavailable,
@@ -274,16 +446,53 @@ impl Durable {
         };
         self.wait_started(CATCH_UP_WAIT).await;
         let key = self.key.get().ok_or_else(unavailable)?;
-        let position = key.decode(cursor).map_err(bad_cursor)?;
-        if !self.wait_for(position).await {
-            return Err(unavailable());
+        let point = key.decode(cursor).map_err(bad_cursor)?;
+        if self.wait_for(point).await {
+            return Ok(point);
         }
-        Ok(position)
+        let known = self
+            .view
+            .borrow()
+            .as_ref()
+            .map(|v| point.epoch.is_none_or(|e| v.history.knows(e)));
+        match known {
+            // An epoch neither this node nor the database knows: another history's.
+            Some(false) => Ok(point),
+            Some(true) if self.proves_lost_end(point).await => Ok(point),
+            _ => Err(unavailable()),
+        }
+    }
+
+    /// True when the database's current epoch ends below `point`, which a node delivered in it:
+    /// the history lost its end. A new epoch then begins, and this waits until the node read it.
+    async fn proves_lost_end(&self, point: CursorPoint) -> bool {
+        let Ok(head) = self.store.head().await else {
+            return false;
+        };
+        let Some(history) = self.view.borrow().as_ref().map(|v| v.history.clone()) else {
+            return false;
+        };
+        let epoch = point
+            .epoch
+            .unwrap_or_else(|| history.epoch_containing(point.position).id);
+        if epoch != head.epoch || head.last_position >= point.position {
+            return false;
+        }
+        if let Err(error) = self
+            .store
+            .begin_epoch_if_behind(head.epoch, point.position)
+            .await
+        {
+            warn!(%error, "could not begin a new durable epoch");
+            return false;
+        }
+        self.wait_for(point).await
     }
 
     /// The next durable events of `channels` in (`after`, `upto`] from the events table (at
     /// most one batch), or [`Replayed::Expired`] when retention removed some after `after`.
-    /// Call again from the last position while the batch is full.
+    /// Call again from the last position while the batch is full. Messages carry cursors of the
+    /// epoch this node delivers in: every point up to the head is part of it.
     pub(crate) async fn replay_chunk(
         &self,
         channels: &[Channel],
@@ -307,10 +516,11 @@ impl Durable {
             return Ok(Replayed::Expired);
         }
         let more = replay.rows.len() as i64 == REPLAY_BATCH;
+        let epoch = self.hub.cursor_epoch().unwrap_or_default();
         let messages: Vec<Arc<Message>> = replay
             .rows
             .into_iter()
-            .filter_map(|row| self.message(row))
+            .filter_map(|row| self.message(row, epoch))
             .map(Arc::new)
             .collect();
         Ok(Replayed::Messages { messages, more })

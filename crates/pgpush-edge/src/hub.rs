@@ -10,8 +10,8 @@ use std::{
 };
 
 use futures_util::future::{FutureExt, Shared};
-use pgpush_pg::{Listener, ListenerState, NotificationSink};
-use pgpush_protocol::{Channel, Message, Payload};
+use pgpush_pg::{Continuation, History, Listener, ListenerState, NotificationSink};
+use pgpush_protocol::{Channel, CursorPoint, Message, Payload};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -74,6 +74,55 @@ struct HubState {
     head: Option<i64>,
     /// The latest durable messages, to replay recent cursors without a query.
     recent: RecentEvents,
+    /// The database's history as the durable reader last read it, and the epoch each
+    /// delivered position was delivered in (`None` until the reader started).
+    delivered: Option<Delivered>,
+}
+
+/// What this node delivered, in the database's history: cursors of a position name the epoch
+/// the node was in when it delivered it.
+#[derive(Debug)]
+struct Delivered {
+    history: Arc<History>,
+    /// (from, epoch id), ascending: positions from `from` on were delivered in that epoch.
+    epochs: Vec<(i64, i64)>,
+}
+
+impl Delivered {
+    fn point(&self, position: i64) -> CursorPoint {
+        let epoch = self
+            .epochs
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= position)
+            .map_or(self.history.first().id, |(_, epoch)| *epoch);
+        CursorPoint {
+            epoch: (epoch != self.history.first().id).then_some(epoch),
+            position,
+        }
+    }
+
+    /// The epoch this node delivers in now.
+    fn epoch(&self) -> i64 {
+        self.epochs
+            .last()
+            .map_or(self.history.current().id, |(_, e)| *e)
+    }
+}
+
+/// What adopting a new history of the database did.
+#[derive(Debug, Clone, Copy)]
+pub struct Adoption {
+    /// The epoch the node delivered in before.
+    pub previous_epoch: i64,
+    /// The head before.
+    pub previous_head: i64,
+    /// Whether what the node delivered is still part of the database's history.
+    pub continuation: Continuation,
+    /// The head after (moved when the history forked).
+    pub head: i64,
+    /// Subscribers told to reset.
+    pub reset: usize,
 }
 
 /// Where a subscriber's durable replay comes from.
@@ -90,6 +139,9 @@ pub enum Replay {
         /// The head at registration; later events arrive live.
         upto: i64,
     },
+    /// The cursor names a point the database's history no longer has (it failed over to a
+    /// standby that lacked it, or was restored): the client must reset; live messages follow.
+    Lost,
 }
 
 /// A completed subscription: the durable head at registration and what to replay before the
@@ -98,6 +150,8 @@ pub enum Replay {
 pub struct Subscription {
     /// The durable head at registration (`None` before the durable reader started).
     pub head: Option<i64>,
+    /// The point of the head, for the client's cursor.
+    pub cursor: Option<CursorPoint>,
     /// What the client missed.
     pub replay: Replay,
 }
@@ -134,7 +188,7 @@ impl RecentEvents {
         self.messages
             .range(start..)
             .take_while(|m| m.position().unwrap_or(0) <= upto)
-            .filter(|m| channels.contains(m.channel()))
+            .filter(|m| m.channel().is_some_and(|c| channels.contains(c)))
             .cloned()
             .collect()
     }
@@ -171,6 +225,7 @@ impl Hub {
                     max_bytes: recent.bytes,
                     covers_from: 0,
                 },
+                delivered: None,
             }),
             listener,
             stats,
@@ -186,18 +241,101 @@ impl Hub {
         self.wake.clone()
     }
 
-    /// Starts durable fan-out at `head` (events up to it are history, served by replay).
-    pub fn start_durable(&self, head: i64) {
+    /// Starts durable fan-out at `head` in the current epoch of `history` (events up to the
+    /// head are history, served by replay).
+    pub fn start_durable(&self, head: i64, history: Arc<History>) {
         let mut state = self.lock();
         if state.head.is_none() {
             state.head = Some(head);
             state.recent.covers_from = head;
+            let epoch = history.current().id;
+            state.delivered = Some(Delivered {
+                history,
+                epochs: vec![(i64::MIN, epoch)],
+            });
         }
     }
 
+    /// The cursor point of `position` (`None` before the durable reader started).
+    pub fn cursor_point(&self, position: i64) -> Option<CursorPoint> {
+        self.lock().delivered.as_ref().map(|d| d.point(position))
+    }
+
+    /// The epoch for the cursors of what this node delivers now: `None` inside for the first
+    /// epoch, whose cursors keep the original spelling (`None` outside before the reader
+    /// started).
+    pub fn cursor_epoch(&self) -> Option<Option<i64>> {
+        let state = self.lock();
+        let delivered = state.delivered.as_ref()?;
+        let epoch = delivered.epoch();
+        Some((epoch != delivered.history.first().id).then_some(epoch))
+    }
+
+    /// The database's history as last read, and the epoch this node delivers in.
+    pub fn history(&self) -> Option<(Arc<History>, i64)> {
+        let state = self.lock();
+        let delivered = state.delivered.as_ref()?;
+        Some((delivered.history.clone(), delivered.epoch()))
+    }
+
+    /// Adopts the database's new `history` (its current epoch is not the one this node
+    /// delivers in). If what this node delivered is still part of it, only later cursors name
+    /// the new epoch. If not, the node forgets its recent events, moves its head past the lost
+    /// part and puts a reset marker (made by `marker` from the new head's point) in every
+    /// subscriber's queue, behind what is queued already, so each client learns exactly where
+    /// its history changed.
+    pub fn adopt_history(
+        &self,
+        history: Arc<History>,
+        marker: impl FnOnce(CursorPoint) -> Message,
+    ) -> Option<Adoption> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let head = state.head?;
+        let delivered = state.delivered.as_mut()?;
+        let previous_epoch = delivered.epoch();
+        let continuation = history.continuation(&delivered.epochs, head);
+        let current = history.current().id;
+        delivered.history = history;
+        let mut adoption = Adoption {
+            previous_epoch,
+            previous_head: head,
+            continuation,
+            head,
+            reset: 0,
+        };
+        match continuation {
+            Continuation::Continues => delivered.epochs.push((head, current)),
+            Continuation::Forked { resume_after, .. } => {
+                // The head moves back only when the database's history is older than what this
+                // node delivered (restored from an older backup): forget the later switches.
+                delivered.epochs.retain(|(from, _)| *from < resume_after);
+                delivered.epochs.push((resume_after, current));
+                let marker = Arc::new(marker(delivered.point(resume_after)));
+                state.head = Some(resume_after);
+                state.recent.messages.clear();
+                state.recent.bytes = 0;
+                state.recent.covers_from = resume_after;
+                adoption.head = resume_after;
+                let mut told = HashSet::new();
+                for entry in state.channels.values() {
+                    for outbox in entry.subscribers.values() {
+                        if told.insert(outbox.id) {
+                            outbox.offer_reset(&marker);
+                        }
+                    }
+                }
+                adoption.reset = told.len();
+            }
+        }
+        Some(adoption)
+    }
+
     /// Hands durable messages (in position order, above the head) to their subscribers, keeps
-    /// them for replay, and moves the head. Returns the new head.
-    pub fn fan_out_durable(&self, messages: Vec<Message>) -> Option<i64> {
+    /// them for replay, and moves the head; then up to `read_up_to` when the reader has read
+    /// every event up to it (positions without an event lie between epochs). Returns the new
+    /// head.
+    pub fn fan_out_durable(&self, messages: Vec<Message>, read_up_to: Option<i64>) -> Option<i64> {
         let mut state = self.lock();
         let state = &mut *state;
         for message in messages {
@@ -208,7 +346,7 @@ impl Hub {
                 continue;
             }
             let message = Arc::new(message);
-            if let Some(entry) = state.channels.get(message.channel()) {
+            if let Some(entry) = message.channel().and_then(|c| state.channels.get(c)) {
                 for outbox in entry.subscribers.values() {
                     if outbox.offer(&message) == Offer::Overflowed {
                         self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
@@ -217,6 +355,12 @@ impl Hub {
             }
             state.recent.push(message);
             state.head = Some(position);
+        }
+        if let (Some(head), Some(read)) = (state.head, read_up_to)
+            && read > head
+        {
+            state.head = Some(read);
+            // Nothing lies between, so the memory still covers everything up to the head.
         }
         state.head
     }
@@ -241,6 +385,7 @@ impl Hub {
             max_bytes: limits.bytes,
             overflowed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            missed_reset: Mutex::new(None),
             taken: AtomicI64::new(0),
             kill: Mutex::new(kill),
         });
@@ -255,16 +400,19 @@ impl Hub {
     /// NOTIFY committed after this returns reaches the client. The first local subscriber of a
     /// channel issues `LISTEN`; later ones wait on the same confirmation.
     ///
-    /// With `since` (a durable position), also says what the subscriber missed: every durable
+    /// With `since` (a cursor's point), also says what the subscriber missed: every durable
     /// event of these channels in (`since`, head] is in the returned replay, and every later one
-    /// is queued to the outbox, so replay-then-queue has no gap and no duplicate. The caller
-    /// makes sure `since` is not above the head (see `Durable::wait_for`).
+    /// is queued to the outbox, so replay-then-queue has no gap and no duplicate. A point the
+    /// database's history no longer holds gets [`Replay::Lost`] instead; the check and the
+    /// registration happen under the lock that adopting a new history takes, so a subscriber
+    /// is either checked against the new history or registered in time for its reset marker.
+    /// The caller makes sure `since` is not above the head (see `Durable::wait_for`).
     #[tracing::instrument(name = "subscribe", level = "debug", skip_all, fields(channels = channels.len(), since))]
     pub async fn subscribe(
         &self,
         outbox: &Arc<Outbox>,
         channels: &[Channel],
-        since: Option<i64>,
+        since: Option<CursorPoint>,
         timeout: Duration,
     ) -> Result<Subscription, SubscribeError> {
         let mut confirmations = Vec::with_capacity(channels.len());
@@ -290,8 +438,19 @@ impl Hub {
                 }
                 confirmations.push(entry.listening.clone());
             }
-            let replay = match (since, state.head) {
-                (Some(after), Some(head)) if after < head => {
+            let replay = match (since, state.head, &state.delivered) {
+                (Some(point), Some(_), Some(delivered))
+                    if !delivered.history.holds(point.epoch, point.position) =>
+                {
+                    Replay::Lost
+                }
+                (
+                    Some(CursorPoint {
+                        position: after, ..
+                    }),
+                    Some(head),
+                    _,
+                ) if after < head => {
                     if after >= state.recent.covers_from {
                         Replay::Memory(state.recent.range(channels, after, head))
                     } else {
@@ -300,8 +459,13 @@ impl Hub {
                 }
                 _ => Replay::Nothing,
             };
+            let cursor = match (state.head, &state.delivered) {
+                (Some(head), Some(delivered)) => Some(delivered.point(head)),
+                _ => None,
+            };
             Subscription {
                 head: state.head,
+                cursor,
                 replay,
             }
         };
@@ -450,6 +614,8 @@ pub struct Outbox {
     overflowed: AtomicBool,
     /// Messages not queued since the overflow.
     dropped: AtomicU64,
+    /// A reset marker could not be queued (the queue was full): the next reader must be told.
+    missed_reset: Mutex<Option<pgpush_protocol::ResetReason>>,
     /// The highest durable position a reader took from the queue.
     taken: AtomicI64,
     /// The connection to cut when the queue overflows, if one is reading it.
@@ -483,6 +649,27 @@ impl Outbox {
         self.overflowed
             .swap(false, Ordering::AcqRel)
             .then(|| self.dropped.swap(0, Ordering::AcqRel))
+    }
+
+    /// The reset a full queue could not take, once (a queue that outlives its connections tells
+    /// its next reader).
+    pub fn take_missed_reset(&self) -> Option<pgpush_protocol::ResetReason> {
+        self.missed_reset
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Queues a reset marker like a message; if the queue cannot take it, the client is cut
+    /// (it reconnects with its cursor and is reset then) and the reset is remembered for a
+    /// queue that outlives its connections.
+    fn offer_reset(&self, marker: &Arc<Message>) {
+        if self.offer(marker) != Offer::Queued {
+            *self.missed_reset.lock().unwrap_or_else(|e| e.into_inner()) = marker.reset_reason();
+            if let Some(kill) = &*self.kill.lock().unwrap_or_else(|e| e.into_inner()) {
+                kill.cancel();
+            }
+        }
     }
 
     /// Queues `message` without waiting. The first overflow marks the client slow and cancels
@@ -571,7 +758,14 @@ impl Inbox {
     fn account(&self, batch: &[Arc<Message>]) {
         let cost: usize = batch.iter().map(|m| m.queue_cost()).sum();
         self.outbox.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-        if let Some(position) = batch.iter().rev().find_map(|m| m.position()) {
+        // A reset marker sets the position (the history changed there, and may be older than
+        // what came before it); what follows it only raises it.
+        let reset = batch.iter().rposition(|m| m.reset_reason().is_some());
+        if let Some(marker) = reset.and_then(|at| batch[at].position()) {
+            self.outbox.taken.store(marker, Ordering::Release);
+        }
+        let after = reset.map_or(0, |at| at + 1);
+        if let Some(position) = batch[after..].iter().rev().find_map(|m| m.position()) {
             self.outbox.note_taken(position);
         }
     }
@@ -606,7 +800,7 @@ impl Session {
     pub async fn subscribe(
         &mut self,
         channels: &[Channel],
-        since: Option<i64>,
+        since: Option<CursorPoint>,
         timeout: Duration,
     ) -> Result<Subscription, SubscribeError> {
         let new: Vec<Channel> = channels

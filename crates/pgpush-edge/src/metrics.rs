@@ -89,6 +89,9 @@ struct NodeGauges {
     hippie_queues: u64,
     durable_head: Option<i64>,
     durable_queries: u64,
+    durable_epoch_changes: u64,
+    durable_history_forks: u64,
+    resets: [(&'static str, u64); 2],
     pool: pgpush_pg::PoolStatus,
     database: Option<pgpush_pg::Backlog>,
 }
@@ -120,6 +123,12 @@ impl NodeGauges {
             hippie_queues: node.hippie.as_ref().map_or(0, |h| h.registry.len()) as u64,
             durable_head: node.durable.head(),
             durable_queries: load(&stats.durable_queries),
+            durable_epoch_changes: load(&stats.durable_epoch_changes),
+            durable_history_forks: load(&stats.durable_history_forks),
+            resets: [
+                ("expired", load(&stats.resets_expired)),
+                ("history_changed", load(&stats.resets_history_changed)),
+            ],
             pool: node.publisher.pool_status(),
             database: *stats.database.lock().unwrap_or_else(|e| e.into_inner()),
         }
@@ -284,6 +293,26 @@ impl Collector for NodeGauges {
             "durable_queries",
             "Catch-up and replay queries sent to PostgreSQL",
             &counter(self.durable_queries),
+        )?;
+        single(
+            e,
+            "durable_epoch_changes",
+            "Times the database's durable history went on in a new epoch (PostgreSQL restarted, failed over or was restored)",
+            &counter(self.durable_epoch_changes),
+        )?;
+        single(
+            e,
+            "durable_history_forks",
+            "Epoch changes in which PostgreSQL had lost durable events this node had delivered (its clients were reset)",
+            &counter(self.durable_history_forks),
+        )?;
+        labelled(
+            e,
+            "durable_resets",
+            "Clients told to reset (reload their state) by reason: expired (older than retention) or history_changed (lost by PostgreSQL)",
+            MetricType::Counter,
+            "reason",
+            self.resets.map(|(reason, n)| (reason, counter(n))),
         )?;
         single(
             e,

@@ -100,6 +100,7 @@ impl Node {
             self.hippie.as_ref().map_or(0, |h| h.registry.len()),
         );
         snapshot.durable_head = self.durable.head();
+        snapshot.durable_epoch = self.durable.epoch().map(|epoch| format!("{epoch:x}"));
         snapshot.sequencer = self.sequencer.as_ref().is_some_and(|s| s.is_leader());
         snapshot
     }

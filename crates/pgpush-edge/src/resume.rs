@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures_util::{Stream, stream};
-use pgpush_protocol::{Channel, ErrorCode, Message};
+use pgpush_protocol::{Channel, CursorPoint, ErrorCode, Message, ResetReason};
 
 use crate::{
     Node,
@@ -18,28 +18,26 @@ use crate::{
 pub(crate) enum ReplayBatch {
     /// Messages in position order.
     Messages(Vec<Arc<Message>>),
-    /// Retention deleted events after the client's cursor: it must reload its state. Nothing
-    /// more is replayed; live messages continue.
-    Reset,
+    /// The client's cursor names events that are gone (retention deleted them, or the
+    /// database's history lost them): it must reload its state. Nothing more is replayed; live
+    /// messages continue.
+    Reset(ResetReason),
 }
 
 /// A subscription made with an optional cursor.
 #[derive(Debug)]
 pub(crate) struct Resumed {
-    /// Position of the cursor given.
-    pub(crate) since: Option<i64>,
-    /// The durable head when the subscriber was registered.
-    pub(crate) head: Option<i64>,
+    /// The point of the durable head when the subscriber was registered: the connection's
+    /// cursor once the replay is sent.
+    pub(crate) head_point: Option<CursorPoint>,
     /// What to replay.
     pub(crate) replay: Replay,
 }
 
 impl Resumed {
-    /// The connection's cursor once the replay is sent: the registration head (or the client's
-    /// own cursor, which is never above it).
+    /// The connection's cursor once the replay is sent: the registration head.
     pub(crate) fn cursor(&self, durable: &Durable) -> Option<String> {
-        let position = self.head.max(self.since)?;
-        durable.cursor(position)
+        durable.encode(self.head_point?)
     }
 }
 
@@ -60,8 +58,7 @@ pub(crate) async fn subscribe(
         .await
         .map_err(|error| ApiError::new(ErrorCode::Unavailable, error.to_string()))?;
     Ok(Resumed {
-        since,
-        head: subscription.head,
+        head_point: subscription.cursor,
         replay: subscription.replay,
     })
 }
@@ -75,10 +72,12 @@ pub(crate) fn batches(
     enum State {
         Memory(Vec<Arc<Message>>),
         Database { from: i64, upto: i64 },
+        Lost,
         Done,
     }
     let start = match replay {
         Replay::Nothing => State::Done,
+        Replay::Lost => State::Lost,
         Replay::Memory(messages) => State::Memory(messages),
         Replay::Database { after, upto } => State::Database { from: after, upto },
     };
@@ -88,12 +87,18 @@ pub(crate) fn batches(
         async move {
             match state {
                 State::Done => None,
+                State::Lost => Some((
+                    Ok(ReplayBatch::Reset(ResetReason::HistoryChanged)),
+                    State::Done,
+                )),
                 State::Memory(messages) if messages.is_empty() => None,
                 State::Memory(messages) => Some((Ok(ReplayBatch::Messages(messages)), State::Done)),
                 State::Database { from, upto } => {
                     match durable.replay_chunk(&channels, from, upto).await {
                         Err(error) => Some((Err(error), State::Done)),
-                        Ok(Replayed::Expired) => Some((Ok(ReplayBatch::Reset), State::Done)),
+                        Ok(Replayed::Expired) => {
+                            Some((Ok(ReplayBatch::Reset(ResetReason::Expired)), State::Done))
+                        }
                         Ok(Replayed::Messages { messages, more }) => {
                             let next = match messages.last().and_then(|m| m.position()) {
                                 Some(last) if more && last < upto => {

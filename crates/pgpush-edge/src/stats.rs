@@ -9,7 +9,7 @@ use std::{
 };
 
 use pgpush_pg::Backlog;
-use pgpush_protocol::{ConnectionCounts, ErrorCode, PublishMode, StatsSnapshot};
+use pgpush_protocol::{ConnectionCounts, ErrorCode, PublishMode, ResetReason, StatsSnapshot};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -99,6 +99,14 @@ pub struct Stats {
     pub listener_generation: AtomicU64,
     /// Queries the durable reader and replays sent to PostgreSQL.
     pub durable_queries: AtomicU64,
+    /// Times the database's durable history went on in a new epoch.
+    pub durable_epoch_changes: AtomicU64,
+    /// Epoch changes in which the database had lost events this node had delivered.
+    pub durable_history_forks: AtomicU64,
+    /// `reset`s sent to clients because their cursor expired.
+    pub resets_expired: AtomicU64,
+    /// `reset`s sent to clients because the history lost events they may have received.
+    pub resets_history_changed: AtomicU64,
     /// Publish requests by origin, mode and result.
     pub publish_requests: Family<PublishLabels, Counter>,
     /// Seconds from a durable event's INSERT (in the publishing transaction) to its fan-out.
@@ -143,6 +151,10 @@ impl Stats {
             publishes: AtomicU64::new(0),
             listener_generation: AtomicU64::new(0),
             durable_queries: AtomicU64::new(0),
+            durable_epoch_changes: AtomicU64::new(0),
+            durable_history_forks: AtomicU64::new(0),
+            resets_expired: AtomicU64::new(0),
+            resets_history_changed: AtomicU64::new(0),
             publish_requests: Family::default(),
             // 0.5 ms to about 16 s.
             commit_to_send: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -201,6 +213,15 @@ impl Stats {
         self.gauge(transport).load(Ordering::Relaxed)
     }
 
+    /// Counts `n` clients told to reset for `reason`.
+    pub fn count_resets(&self, reason: ResetReason, n: usize) {
+        let counter = match reason {
+            ResetReason::Expired => &self.resets_expired,
+            ResetReason::HistoryChanged => &self.resets_history_changed,
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// Adds `n` delivered messages.
     pub fn delivered(&self, n: usize) {
         self.messages_out.fetch_add(n as u64, Ordering::Relaxed);
@@ -237,6 +258,7 @@ impl Stats {
             publishes: self.publishes.load(Ordering::Relaxed),
             hippie_queues: hippie_queues as u64,
             durable_head: None,
+            durable_epoch: None,
             sequencer: false,
             durable_queries: self.durable_queries.load(Ordering::Relaxed),
         }

@@ -37,10 +37,12 @@ impl ConnectOptions {
         config
     }
 
-    /// Settings for pooled connections that publish and query.
+    /// Settings for pooled connections that publish and query: on the primary too (publishes
+    /// write; the durable reader must read what the primary has, not a lagging standby).
     pub fn pool(&self) -> tokio_postgres::Config {
         let mut config = self.base.clone();
         config
+            .target_session_attrs(TargetSessionAttrs::ReadWrite)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(15))
             .tcp_user_timeout(Duration::from_secs(15));

@@ -37,6 +37,14 @@ impl Error {
         }
     }
 
+    /// The pgpush schema is there but not as this build needs it.
+    pub(crate) fn schema(detail: &'static str) -> Error {
+        Error {
+            kind: Kind::NotMigrated,
+            source: Some(detail.into()),
+        }
+    }
+
     /// True when the database could not be reached (connect failure, closed connection, pool
     /// timeout): the request may succeed later.
     pub fn is_unavailable(&self) -> bool {
@@ -85,6 +93,7 @@ impl From<tokio_postgres::Error> for Error {
             Some(code)
                 if *code == SqlState::UNDEFINED_TABLE
                     || *code == SqlState::INVALID_SCHEMA_NAME
+                    || *code == SqlState::UNDEFINED_COLUMN
                     || *code == SqlState::UNDEFINED_FUNCTION =>
             {
                 Kind::NotMigrated

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
 
-use crate::Error;
+use crate::{Epoch, Error, History};
 
 /// A sequenced event as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub struct Installation {
 /// The global order's high-water mark and retention floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
+    /// The current epoch's id.
+    pub epoch: i64,
     /// The highest position assigned.
     pub last_position: i64,
     /// Every position at or below it may be gone.
@@ -49,6 +51,28 @@ pub struct Backlog {
     /// Durable events: (committed events still waiting for a position, age in seconds of the
     /// oldest of them, highest position assigned); `None` without the pgpush schema.
     pub durable: Option<(i64, f64, i64)>,
+}
+
+/// What a catch-up query read: events after a position, and where the history stood in the
+/// same snapshot.
+#[derive(Debug)]
+pub struct CatchUp {
+    /// The current epoch's id.
+    pub epoch: i64,
+    /// The highest position assigned: with fewer rows than asked for, every event up to it
+    /// has been read.
+    pub last_position: i64,
+    /// Events in position order.
+    pub rows: Vec<EventRow>,
+}
+
+/// A stored Hippie client position: a point of the durable history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HippiePosition {
+    /// The epoch it was read in (`None`: stored before epochs, read as the epoch containing it).
+    pub epoch: Option<i64>,
+    /// The position.
+    pub position: i64,
 }
 
 /// A replay: the events after a cursor, or the news that some of them are gone.
@@ -68,15 +92,20 @@ pub struct EventStore {
 
 const COLUMNS: &str = "id, position, channel, payload, traceparent, created_at";
 
-fn row(row: &tokio_postgres::Row) -> EventRow {
-    EventRow {
-        id: row.get(0),
-        position: row.get(1),
-        channel: row.get(2),
-        payload: row.get(3),
-        traceparent: row.get(4),
-        created_at: row.get(5),
-    }
+/// The events of a query whose columns from `at` on are [`COLUMNS`] of a LEFT JOIN (NULL when
+/// no event matched).
+fn event_rows(rows: &[tokio_postgres::Row], at: usize) -> Vec<EventRow> {
+    rows.iter()
+        .filter(|r| r.get::<_, Option<i64>>(at).is_some())
+        .map(|r| EventRow {
+            id: r.get(at),
+            position: r.get(at + 1),
+            channel: r.get(at + 2),
+            payload: r.get(at + 3),
+            traceparent: r.get(at + 4),
+            created_at: r.get(at + 5),
+        })
+        .collect()
 }
 
 impl EventStore {
@@ -103,14 +132,48 @@ impl EventStore {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT last_position, retention_floor FROM pgpush.sequencer_state",
+                "SELECT epoch, last_position, retention_floor FROM pgpush.sequencer_state",
                 &[],
             )
             .await?;
         Ok(Head {
-            last_position: row.get(0),
-            retention_floor: row.get(1),
+            epoch: row.get(0),
+            last_position: row.get(1),
+            retention_floor: row.get(2),
         })
+    }
+
+    /// The database's chain of epochs.
+    pub async fn history(&self) -> Result<History, Error> {
+        let client = self.pool.get().await?;
+        let epochs = client
+            .query(
+                "SELECT seq, id, first_position, forked_after FROM pgpush.epochs",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| Epoch {
+                seq: row.get(0),
+                id: row.get(1),
+                first_position: row.get(2),
+                forked_after: row.get(3),
+            })
+            .collect();
+        History::new(epochs).ok_or_else(|| Error::schema("pgpush.epochs is empty"))
+    }
+
+    /// Begins a new epoch if the current one is still `expected` and ends below `delivered`
+    /// (a position that was delivered, so the history lost its end). Returns the current epoch.
+    pub async fn begin_epoch_if_behind(&self, expected: i64, delivered: i64) -> Result<i64, Error> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_one(
+                "SELECT pgpush.begin_epoch_if_behind($1, $2)",
+                &[&expected, &delivered],
+            )
+            .await?
+            .get(0))
     }
 
     /// The NOTIFY queue's usage and the sequencer's backlog.
@@ -140,20 +203,29 @@ impl EventStore {
         })
     }
 
-    /// Up to `limit` events after `position`, every channel, in order.
-    pub async fn after(&self, position: i64, limit: i64) -> Result<Vec<EventRow>, Error> {
+    /// Up to `limit` events after `position`, every channel, in order, with the current epoch
+    /// and high-water mark of the same snapshot.
+    pub async fn after(&self, position: i64, limit: i64) -> Result<CatchUp, Error> {
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM pgpush.events WHERE position > $1 ORDER BY position LIMIT $2"
+                "SELECT s.epoch, s.last_position, e.{} FROM pgpush.sequencer_state s
+                 LEFT JOIN LATERAL (
+                     SELECT {COLUMNS} FROM pgpush.events
+                     WHERE position > $1 ORDER BY position LIMIT $2
+                 ) e ON true",
+                COLUMNS.replace(", ", ", e.")
             ))
             .await?;
-        Ok(client
-            .query(&statement, &[&position, &limit])
-            .await?
-            .iter()
-            .map(row)
-            .collect())
+        let rows = client.query(&statement, &[&position, &limit]).await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| Error::schema("pgpush.sequencer_state is empty"))?;
+        Ok(CatchUp {
+            epoch: first.get(0),
+            last_position: first.get(1),
+            rows: event_rows(&rows, 2),
+        })
     }
 
     /// Up to `limit` events of `channels` in (`after`, `upto`], with the retention floor of the
@@ -181,21 +253,9 @@ impl EventStore {
             .query(&statement, &[&channels, &after, &upto, &limit])
             .await?;
         let retention_floor = rows.first().map(|r| r.get(0)).unwrap_or(0);
-        let events = rows
-            .iter()
-            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
-            .map(|r| EventRow {
-                id: r.get(1),
-                position: r.get(2),
-                channel: r.get(3),
-                payload: r.get(4),
-                traceparent: r.get(5),
-                created_at: r.get(6),
-            })
-            .collect();
         Ok(Replay {
             retention_floor,
-            rows: events,
+            rows: event_rows(&rows, 1),
         })
     }
 
@@ -241,42 +301,49 @@ impl EventStore {
         &self,
         channel: &str,
         client_id: &str,
-    ) -> Result<Option<i64>, Error> {
+    ) -> Result<Option<HippiePosition>, Error> {
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(
-                "SELECT position FROM pgpush.hippie_clients WHERE channel = $1 AND client_id = $2",
+                "SELECT epoch, position FROM pgpush.hippie_clients WHERE channel = $1 AND client_id = $2",
             )
             .await?;
         Ok(client
             .query_opt(&statement, &[&channel, &client_id])
             .await?
-            .map(|row| row.get(0)))
+            .map(|row| HippiePosition {
+                epoch: row.get(0),
+                position: row.get(1),
+            }))
     }
 
-    /// Stores Hippie clients' positions (channel, client id, position) in one statement; a
-    /// stored position never moves back.
+    /// Stores Hippie clients' positions (channel, client id, point) in one statement; a stored
+    /// position never moves back (positions grow along the history, across epochs too).
     pub async fn save_hippie_positions(
         &self,
-        positions: &[(String, String, i64)],
+        positions: &[(String, String, HippiePosition)],
     ) -> Result<(), Error> {
         if positions.is_empty() {
             return Ok(());
         }
         let channels: Vec<&str> = positions.iter().map(|(c, _, _)| c.as_str()).collect();
         let ids: Vec<&str> = positions.iter().map(|(_, i, _)| i.as_str()).collect();
-        let values: Vec<i64> = positions.iter().map(|(_, _, p)| *p).collect();
+        let epochs: Vec<Option<i64>> = positions.iter().map(|(_, _, p)| p.epoch).collect();
+        let values: Vec<i64> = positions.iter().map(|(_, _, p)| p.position).collect();
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(
-                "INSERT INTO pgpush.hippie_clients (channel, client_id, position)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                "INSERT INTO pgpush.hippie_clients (channel, client_id, epoch, position)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
                  ON CONFLICT (channel, client_id) DO UPDATE
-                 SET position = greatest(pgpush.hippie_clients.position, excluded.position), updated_at = now()",
+                 SET epoch = CASE WHEN excluded.position >= pgpush.hippie_clients.position
+                                  THEN excluded.epoch ELSE pgpush.hippie_clients.epoch END,
+                     position = greatest(pgpush.hippie_clients.position, excluded.position),
+                     updated_at = now()",
             )
             .await?;
         client
-            .execute(&statement, &[&channels, &ids, &values])
+            .execute(&statement, &[&channels, &ids, &epochs, &values])
             .await?;
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! `UNLISTEN *`).
 
 mod connect;
+mod epochs;
 mod error;
 mod events;
 mod listener;
@@ -14,8 +15,11 @@ mod sequencer;
 pub mod throwaway;
 
 pub use connect::{ConnectOptions, quote_ident};
+pub use epochs::{Continuation, Epoch, History};
 pub use error::Error;
-pub use events::{Backlog, EventRow, EventStore, Head, Installation, Replay};
+pub use events::{
+    Backlog, CatchUp, EventRow, EventStore, Head, HippiePosition, Installation, Replay,
+};
 pub use listener::{Listener, ListenerState, ListenerTask, NotificationSink};
 pub use migrations::{SCHEMA_VERSION, migrate, migrate_database, schema_version};
 pub use publisher::{PoolStatus, Publisher};

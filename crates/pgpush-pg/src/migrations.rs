@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "plans that stay cheap: pgpush.publish in PL/pgSQL, the sequencer probe on its index",
         include_str!("../migrations/0004_cheap_plans.sql"),
     ),
+    (
+        5,
+        "epochs of the durable history: cursors that survive a failover or a restore, or reset",
+        include_str!("../migrations/0005_epochs.sql"),
+    ),
 ];
 
 /// Advisory lock that serialises concurrent `migrate` runs (several nodes starting at once).

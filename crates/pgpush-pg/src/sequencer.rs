@@ -87,9 +87,14 @@ async fn candidate(
     let connection = tokio::spawn(connection);
     let _abort = AbortOnDrop(connection);
     // The server notices a vanished sequencer within seconds (and frees the lock), not after
-    // the 2-hour TCP default.
+    // the 2-hour TCP default. Positions are committed durably (and on a synchronous standby,
+    // when there is one) even where the server's default is asynchronous commit: a position a
+    // node has read must survive a crash of the server.
     client
-        .batch_execute("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3;")
+        .batch_execute(
+            "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3;
+             SET synchronous_commit = on;",
+        )
         .await?;
     loop {
         let acquired: bool = client
@@ -129,6 +134,13 @@ async fn lead(
     let forget_clients = client
         .prepare("DELETE FROM pgpush.hippie_clients WHERE updated_at < now() - interval '1 hour'")
         .await?;
+    // A new server (restarted, promoted, restored) begins a new epoch before anything else;
+    // every batch checks again before it assigns positions.
+    let epoch: i64 = client
+        .query_one("SELECT pgpush.ensure_epoch()", &[])
+        .await?
+        .get(0);
+    info!(epoch = format!("{epoch:x}"), "sequencing in this epoch");
     let mut retention_due = tokio::time::Instant::now();
     // Before the first batch nothing is known: treat it as not full.
     let mut previous_last = i64::MAX;

@@ -90,26 +90,114 @@ impl ThrowawayPostgres {
         run(&mut as_postgres(
             Command::new("cp").arg("-a").arg(&template).arg(&data),
         ))?;
-        let mut cluster = ThrowawayPostgres {
+        ThrowawayPostgres {
             root,
             data,
             port: 0,
             bin,
             options,
             postmaster: Mutex::new(None),
-        };
-        // A free port can be taken between our probe and the server's bind: try a few.
+        }
+        .launch()
+    }
+
+    /// A streaming standby of this cluster: a base backup taken with `pg_basebackup -R`
+    /// (which writes `primary_conninfo` and `standby.signal`), started on a port of its own with
+    /// the same options. It follows this cluster asynchronously until it is promoted; set
+    /// `synchronous_standby_names` on this cluster to make it synchronous.
+    pub fn start_standby(&self) -> Result<ThrowawayPostgres, ThrowawayError> {
+        let root = make_owned_dir("pgpush-pg")?;
+        let data = root.join("data");
+        let backup = run(&mut as_postgres(
+            Command::new(self.bin.join("pg_basebackup"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", "postgres", "-D"])
+                .arg(&data)
+                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]),
+        ));
+        if let Err(error) = backup {
+            let _ = fs::remove_dir_all(&root);
+            return Err(error);
+        }
+        ThrowawayPostgres {
+            root,
+            data,
+            port: 0,
+            bin: self.bin.clone(),
+            options: self.options.clone(),
+            postmaster: Mutex::new(None),
+        }
+        .launch()
+    }
+
+    /// Starts the postmaster on a free port. A free port can be taken between our probe and the
+    /// server's bind: it tries a few.
+    fn launch(mut self) -> Result<ThrowawayPostgres, ThrowawayError> {
         let mut last_error = None;
         for _ in 0..5 {
-            cluster.port = free_port()?;
-            match cluster.start_postmaster() {
-                Ok(()) => return Ok(cluster),
+            self.port = free_port()?;
+            match self.start_postmaster() {
+                Ok(()) => return Ok(self),
                 Err(error) => last_error = Some(error),
             }
         }
         Err(last_error.unwrap_or(ThrowawayError::NotReady {
             log_tail: String::new(),
         }))
+    }
+
+    /// A cold backup: stops the server, copies its data directory, starts it again. Returns the
+    /// copy, which lives (and is removed) with the cluster.
+    pub fn cold_backup(&self) -> Result<PathBuf, ThrowawayError> {
+        let backup = self
+            .root
+            .join(format!("backup-{:08x}", rand::random::<u32>()));
+        self.stop_fast()?;
+        let copied = run(&mut as_postgres(
+            Command::new("cp").arg("-a").arg(&self.data).arg(&backup),
+        ));
+        self.start_postmaster()?;
+        copied.map(|_| backup)
+    }
+
+    /// Restores a [`Self::cold_backup`]: stops the server, replaces its data directory with the
+    /// backup's, starts it. Everything after the backup is gone.
+    pub fn restore(&self, backup: &Path) -> Result<(), ThrowawayError> {
+        self.stop_fast()?;
+        fs::remove_dir_all(&self.data)?;
+        run(&mut as_postgres(
+            Command::new("cp").arg("-a").arg(backup).arg(&self.data),
+        ))?;
+        self.start_postmaster()
+    }
+
+    /// `pg_ctl promote -w`: a standby stops following its primary and takes writes, on a new
+    /// timeline.
+    pub fn promote(&self) -> Result<(), ThrowawayError> {
+        run(&mut as_postgres(
+            Command::new(self.bin.join("pg_ctl"))
+                .args(["promote", "-w", "-t", "60", "-D"])
+                .arg(&self.data),
+        ))
+        .map(|_| ())
+    }
+
+    /// SIGKILL to the postmaster and to every process it started, all at once, as when its
+    /// machine dies: nothing is flushed or sent, nobody is told.
+    pub fn kill(&self) -> Result<(), ThrowawayError> {
+        let Some(postmaster) = self.take_postmaster() else {
+            return Ok(());
+        };
+        let children = children_of(postmaster.pid);
+        run(Command::new("kill").args(["-KILL", &postmaster.pid.to_string()]))?;
+        // A child may be exiting already (a session that just ended): that one is gone anyway.
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(children.iter().map(u32::to_string))
+            .stderr(Stdio::null())
+            .status();
+        let _ = postmaster.exited.recv_timeout(Duration::from_secs(30));
+        Ok(())
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`
@@ -137,12 +225,7 @@ impl ThrowawayPostgres {
 
     /// Stops the server with `pg_ctl stop -m fast`.
     pub fn stop_fast(&self) -> Result<(), ThrowawayError> {
-        let postmaster = self
-            .postmaster
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let Some(postmaster) = postmaster else {
+        let Some(postmaster) = self.take_postmaster() else {
             return Ok(());
         };
         let result = run(&mut as_postgres(
@@ -236,11 +319,24 @@ impl ThrowawayPostgres {
         Ok(())
     }
 
-    /// The postmaster writes "ready" as line 8 of `postmaster.pid` once it accepts
-    /// connections; `pg_ctl -w` waits on the same line.
+    /// The running postmaster, which the caller is about to stop.
+    fn take_postmaster(&self) -> Option<Postmaster> {
+        self.postmaster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// The postmaster writes "ready" (a hot standby: "standby") as line 8 of `postmaster.pid`
+    /// once it accepts connections; `pg_ctl -w` waits on the same line.
     fn is_ready(&self) -> bool {
         fs::read_to_string(self.data.join("postmaster.pid"))
-            .map(|pid_file| pid_file.lines().nth(7).map(str::trim) == Some("ready"))
+            .map(|pid_file| {
+                matches!(
+                    pid_file.lines().nth(7).map(str::trim),
+                    Some("ready" | "standby")
+                )
+            })
             .unwrap_or(false)
     }
 }
@@ -250,6 +346,22 @@ impl Drop for ThrowawayPostgres {
         let _ = self.stop_fast();
         let _ = fs::remove_dir_all(&self.root);
     }
+}
+
+/// The processes whose parent is `pid` (a postmaster's: backends, walsenders, the checkpointer).
+fn children_of(pid: u32) -> Vec<u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+            // Fields after the parenthesised command name: state, then the parent's pid.
+            let parent: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+            (parent == pid).then_some(child)
+        })
+        .collect()
 }
 
 fn running_as_root() -> bool {

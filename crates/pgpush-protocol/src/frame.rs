@@ -236,10 +236,14 @@ pub enum ServerFrame<'a> {
         /// The channels of the request.
         channels: &'a [Channel],
     },
-    /// The client's cursor is older than retention: reload state, then continue.
+    /// The client's cursor names events that are gone (retention deleted them, or the
+    /// database's history changed): reload state, then continue.
     Reset {
-        /// Why.
+        /// Why: `cursor expired` or `history changed`.
         reason: &'a str,
+        /// Where what follows continues from, when the reset comes live (a marker in the queue).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<&'a str>,
     },
     /// A publish was accepted.
     Ack {
@@ -311,12 +315,13 @@ pub fn publish_reply(channel: &Channel, mode: PublishMode, cursor: Option<&str>)
     )
 }
 
-/// The `/v1/poll` answer: `{"messages":[...],"cursor":"c"}`, plus `"reset":true` when the
-/// client's cursor was older than retention. `messages` are WebSocket message frames.
+/// The `/v1/poll` answer: `{"messages":[...],"cursor":"c"}`, plus `"reset":true` and its
+/// `"reason"` when the client must reload its state (then `messages` are what follows the
+/// reset). `messages` are WebSocket message frames.
 pub fn poll_reply<'a>(
     messages: impl IntoIterator<Item = &'a [u8]>,
     cursor: Option<&str>,
-    reset: bool,
+    reset: Option<crate::ResetReason>,
 ) -> Bytes {
     let mut out = Vec::from(&br#"{"messages":["#[..]);
     for (i, message) in messages.into_iter().enumerate() {
@@ -330,8 +335,9 @@ pub fn poll_reply<'a>(
         Some(cursor) => crate::payload::write_json_string(&mut out, cursor),
         None => out.extend_from_slice(b"null"),
     }
-    if reset {
-        out.extend_from_slice(br#","reset":true"#);
+    if let Some(reason) = reset {
+        out.extend_from_slice(br#","reset":true,"reason":"#);
+        crate::payload::write_json_string(&mut out, reason.as_str());
     }
     out.push(b'}');
     Bytes::from(out)

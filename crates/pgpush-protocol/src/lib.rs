@@ -14,12 +14,12 @@ pub mod sse;
 mod stats;
 
 pub use channel::{Channel, ChannelError, MAX_CHANNEL_BYTES, RESERVED_PREFIX};
-pub use cursor::{CursorError, CursorKey};
+pub use cursor::{CursorError, CursorKey, CursorPoint};
 pub use error_code::ErrorCode;
 pub use frame::{
     ClientFrame, FrameError, ParsedFrame, PublishMode, ServerFrame, http_error_body,
     parse_client_frame, poll_reply, publish_reply, raw_reference,
 };
-pub use message::Message;
+pub use message::{Message, ResetReason};
 pub use payload::{MAX_NOTIFY_PAYLOAD_BYTES, Payload};
 pub use stats::{ConnectionCounts, StatsSnapshot};

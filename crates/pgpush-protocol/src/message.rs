@@ -1,10 +1,43 @@
-//! One message on a channel, with its encodings built lazily once per transport and shared.
+//! One message on a channel (or a reset marker), with its encodings built lazily once per
+//! transport and shared.
 
 use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-use crate::{Channel, Payload, payload::write_json_string, sse};
+use crate::{Channel, Payload, ServerFrame, payload::write_json_string, sse};
+
+/// Why a client must reload its state instead of continuing from its cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// Retention deleted events after the cursor.
+    Expired,
+    /// The database's durable history changed under the cursor: PostgreSQL lost events the
+    /// client may have received (a failover to an asynchronous standby, a restore from a backup).
+    HistoryChanged,
+}
+
+impl ResetReason {
+    /// The `reason` of the reset frame: `cursor expired` or `history changed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::Expired => "cursor expired",
+            ResetReason::HistoryChanged => "history changed",
+        }
+    }
+
+    /// The human text of the Hippie `hippie.error` that tells a Hippie client to reload.
+    pub fn hippie_reason(self) -> &'static str {
+        match self {
+            ResetReason::Expired => {
+                "durable messages expired while this client was away; reload your state"
+            }
+            ResetReason::HistoryChanged => {
+                "the database lost durable messages this client may have received (a failover or a restore); reload your state"
+            }
+        }
+    }
+}
 
 /// A message on its way to subscribers: the channel, the payload as PostgreSQL carried it,
 /// the cursor of a durable message, and each transport's encoding built at most once.
@@ -14,14 +47,22 @@ use crate::{Channel, Payload, payload::write_json_string, sse};
 /// channel cost one encoding per transport.
 #[derive(Debug)]
 pub struct Message {
-    channel: Channel,
-    payload: Payload,
+    body: Body,
     /// Position in the global order and its cursor, for durable messages.
     durable: Option<(i64, Box<str>)>,
     websocket: OnceLock<Bytes>,
     sse: OnceLock<Bytes>,
     hippie: OnceLock<Bytes>,
     mxhr: OnceLock<Bytes>,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// A message published on a channel.
+    Event { channel: Channel, payload: Payload },
+    /// Not a message: the point in a client's queue where its history changed. What follows
+    /// continues from the marker's cursor; the client must reload its state first.
+    Reset(ResetReason),
 }
 
 impl Message {
@@ -35,10 +76,22 @@ impl Message {
         Message::new(channel, payload, Some((position, cursor.into_boxed_str())))
     }
 
+    /// A reset marker at `position` (what follows in the queue comes after it), whose cursor is
+    /// `cursor`: every transport tells the client to reload its state and gives it the cursor.
+    pub fn reset(reason: ResetReason, position: i64, cursor: String) -> Message {
+        Message::with_body(
+            Body::Reset(reason),
+            Some((position, cursor.into_boxed_str())),
+        )
+    }
+
     fn new(channel: Channel, payload: Payload, durable: Option<(i64, Box<str>)>) -> Message {
+        Message::with_body(Body::Event { channel, payload }, durable)
+    }
+
+    fn with_body(body: Body, durable: Option<(i64, Box<str>)>) -> Message {
         Message {
-            channel,
-            payload,
+            body,
             durable,
             websocket: OnceLock::new(),
             sse: OnceLock::new(),
@@ -47,35 +100,47 @@ impl Message {
         }
     }
 
-    /// The channel the message was published on.
-    pub fn channel(&self) -> &Channel {
-        &self.channel
+    /// The channel the message was published on (`None` for a reset marker).
+    pub fn channel(&self) -> Option<&Channel> {
+        match &self.body {
+            Body::Event { channel, .. } => Some(channel),
+            Body::Reset(_) => None,
+        }
     }
 
-    /// The payload.
-    pub fn payload(&self) -> &Payload {
-        &self.payload
+    /// Why the client must reload, for a reset marker.
+    pub fn reset_reason(&self) -> Option<ResetReason> {
+        match self.body {
+            Body::Event { .. } => None,
+            Body::Reset(reason) => Some(reason),
+        }
     }
 
-    /// The cursor of a durable message.
+    /// The cursor of a durable message (or of a reset marker).
     pub fn cursor(&self) -> Option<&str> {
         self.durable.as_ref().map(|(_, cursor)| &**cursor)
     }
 
-    /// The position of a durable message in the global order.
+    /// The position of a durable message (or of a reset marker) in the global order.
     pub fn position(&self) -> Option<i64> {
         self.durable.as_ref().map(|(position, _)| *position)
     }
 
     /// The WebSocket text frame (and long-poll array element):
     /// `{"type":"message","channel":"a","data":<payload>,"cursor":"c"}`.
+    ///
+    /// A reset marker is the reset frame `{"type":"reset","reason":"...","cursor":"c"}`.
     pub fn websocket_text(&self) -> &Bytes {
         self.websocket.get_or_init(|| {
-            let mut out = Vec::with_capacity(self.payload.len() + 64);
+            let (channel, payload) = match &self.body {
+                Body::Event { channel, payload } => (channel, payload),
+                Body::Reset(reason) => return self.reset_frame(*reason),
+            };
+            let mut out = Vec::with_capacity(payload.len() + 64);
             out.extend_from_slice(br#"{"type":"message","channel":"#);
-            write_json_string(&mut out, self.channel.as_str());
+            write_json_string(&mut out, channel.as_str());
             out.extend_from_slice(br#","data":"#);
-            self.payload.write_json(&mut out);
+            payload.write_json(&mut out);
             if let Some(cursor) = self.cursor() {
                 out.extend_from_slice(br#","cursor":"#);
                 write_json_string(&mut out, cursor);
@@ -87,13 +152,24 @@ impl Message {
 
     /// The Server-Sent Events block: `id:` (durable only), `event: message`, and
     /// `data: {"channel":"a","data":<payload>}` split over lines.
+    ///
+    /// A reset marker is `id: <cursor>`, `event: reset` and the reset frame as data, so the
+    /// browser's `Last-Event-ID` moves to the new history.
     pub fn sse_event(&self) -> &Bytes {
         self.sse.get_or_init(|| {
-            let mut data = Vec::with_capacity(self.payload.len() + 32);
+            let (channel, payload) = match &self.body {
+                Body::Event { channel, payload } => (channel, payload),
+                Body::Reset(reason) => {
+                    let mut out = Vec::new();
+                    sse::write_event(&mut out, self.cursor(), "reset", &self.reset_frame(*reason));
+                    return Bytes::from(out);
+                }
+            };
+            let mut data = Vec::with_capacity(payload.len() + 32);
             data.extend_from_slice(br#"{"channel":"#);
-            write_json_string(&mut data, self.channel.as_str());
+            write_json_string(&mut data, channel.as_str());
             data.extend_from_slice(br#","data":"#);
-            self.payload.write_json(&mut data);
+            payload.write_json(&mut data);
             data.push(b'}');
             let mut out = Vec::with_capacity(data.len() + 64);
             sse::write_event(&mut out, self.cursor(), "message", &data);
@@ -102,12 +178,16 @@ impl Message {
     }
 
     /// The Hippie form: the payload itself as a JSON value (a JSON string for text), used as
-    /// a WebSocket frame and as a long-poll array element.
+    /// a WebSocket frame and as a long-poll array element. A reset marker is a `hippie.error`
+    /// with code `reset`.
     pub fn hippie_json(&self) -> &Bytes {
-        self.hippie.get_or_init(|| {
-            let mut out = Vec::with_capacity(self.payload.len() + 2);
-            self.payload.write_json(&mut out);
-            Bytes::from(out)
+        self.hippie.get_or_init(|| match &self.body {
+            Body::Event { payload, .. } => {
+                let mut out = Vec::with_capacity(payload.len() + 2);
+                payload.write_json(&mut out);
+                Bytes::from(out)
+            }
+            Body::Reset(reason) => crate::hippie::error_message("reset", reason.hippie_reason()),
         })
     }
 
@@ -121,7 +201,18 @@ impl Message {
 
     /// Bytes this message occupies in a subscriber's queue accounting.
     pub fn queue_cost(&self) -> usize {
-        self.payload.len() + 64
+        match &self.body {
+            Body::Event { payload, .. } => payload.len() + 64,
+            Body::Reset(_) => 64,
+        }
+    }
+
+    fn reset_frame(&self, reason: ResetReason) -> Bytes {
+        ServerFrame::Reset {
+            reason: reason.as_str(),
+            cursor: self.cursor(),
+        }
+        .encode()
     }
 }
 
@@ -156,6 +247,28 @@ mod tests {
         let m = message("c", "1", None);
         assert_eq!(m.websocket_text().as_ptr(), m.websocket_text().as_ptr());
         assert_eq!(m.sse_event().as_ptr(), m.sse_event().as_ptr());
+    }
+
+    #[test]
+    fn reset_marker_on_every_transport() {
+        let m = Message::reset(
+            ResetReason::HistoryChanged,
+            7,
+            "7.ab.0123456789abcdef".into(),
+        );
+        assert_eq!(m.channel(), None);
+        assert_eq!(m.position(), Some(7));
+        assert_eq!(
+            m.websocket_text().as_ref(),
+            br#"{"type":"reset","reason":"history changed","cursor":"7.ab.0123456789abcdef"}"#
+        );
+        assert_eq!(
+            std::str::from_utf8(m.sse_event()).unwrap(),
+            "id: 7.ab.0123456789abcdef\nevent: reset\ndata: {\"type\":\"reset\",\"reason\":\"history changed\",\"cursor\":\"7.ab.0123456789abcdef\"}\n\n"
+        );
+        let hippie: serde_json::Value = serde_json::from_slice(m.hippie_json()).unwrap();
+        assert_eq!(hippie["type"], "hippie.error");
+        assert_eq!(hippie["code"], "reset");
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub struct StatsSnapshot {
     /// Position up to which this node has delivered durable events (`null` before the
     /// durable reader started).
     pub durable_head: Option<i64>,
+    /// The epoch of the durable history this node delivers in, as in cursors (hex; `null`
+    /// before the durable reader started). It changes when PostgreSQL restarts, fails over or
+    /// is restored.
+    #[serde(default)]
+    pub durable_epoch: Option<String>,
     /// True while this node runs the sequencer.
     pub sequencer: bool,
     /// Queries this node's durable reader and replays sent to PostgreSQL since start.

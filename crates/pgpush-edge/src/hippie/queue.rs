@@ -13,7 +13,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use pgpush_protocol::{Channel, ErrorCode, Message, hippie::error_message};
+use pgpush_pg::HippiePosition;
+use pgpush_protocol::{
+    Channel, CursorPoint, ErrorCode, Message, ResetReason, hippie::error_message,
+};
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -81,8 +84,9 @@ pub(crate) struct ClientQueue {
     backlog: Mutex<VecDeque<Arc<Message>>>,
     /// True until a poll has delivered `set_client_id` for this queue.
     fresh: AtomicBool,
-    /// Set when the stored position was older than retention (the client must reload).
-    expired: AtomicBool,
+    /// Set when the stored position was older than retention or lost from the history (the
+    /// client must reload).
+    reset: Mutex<Option<ResetReason>>,
     /// The durable position the client is known to have received.
     acknowledged: AtomicI64,
     /// What a reader had taken at the previous flush (streams acknowledge one flush late).
@@ -195,7 +199,7 @@ impl Registry {
                         subscribed: tokio::sync::OnceCell::new(),
                         backlog: Mutex::new(VecDeque::new()),
                         fresh: AtomicBool::new(true),
-                        expired: AtomicBool::new(false),
+                        reset: Mutex::new(None),
                         acknowledged: AtomicI64::new(0),
                         taken_at_last_flush: AtomicI64::new(0),
                         stored: AtomicI64::new(-1),
@@ -245,7 +249,10 @@ impl Registry {
                 .hippie_position(queue.channel.as_str(), &queue.client_id)
                 .await
             {
-                Ok(position) => since = position,
+                Ok(stored) => {
+                    since = stored
+                        .map(|HippiePosition { epoch, position }| CursorPoint { epoch, position })
+                }
                 Err(error) => warn!(%error, "could not read a Hippie client's position"),
             }
         }
@@ -261,13 +268,23 @@ impl Registry {
                 timeout,
             )
             .await?;
-        let start = since.or(subscription.head).unwrap_or(0);
+        let lost = matches!(subscription.replay, Replay::Lost);
+        let start = match since {
+            Some(point) if !lost => Some(point.position),
+            _ => subscription.head,
+        }
+        .unwrap_or(0);
         queue.acknowledged.store(start, Ordering::Release);
         queue.taken_at_last_flush.store(start, Ordering::Release);
         queue.outbox.note_taken(start);
         let mut backlog = VecDeque::new();
+        let reset = |reason| {
+            self.durable.count_reset(reason);
+            *queue.reset.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        };
         match subscription.replay {
             Replay::Nothing => {}
+            Replay::Lost => reset(ResetReason::HistoryChanged),
             Replay::Memory(messages) => backlog.extend(messages),
             Replay::Database { after, upto } => {
                 let channels = std::slice::from_ref(&queue.channel);
@@ -282,12 +299,12 @@ impl Registry {
                             }
                         }
                         Ok(Replayed::Expired) => {
-                            queue.expired.store(true, Ordering::Release);
+                            reset(ResetReason::Expired);
                             break;
                         }
                         Err(error) => {
                             warn!(reason = %error.reason, "Hippie replay failed; the client resets");
-                            queue.expired.store(true, Ordering::Release);
+                            reset(ResetReason::Expired);
                             break;
                         }
                     }
@@ -337,9 +354,18 @@ impl Registry {
         if changed.is_empty() {
             return;
         }
-        let rows: Vec<(String, String, i64)> = changed
+        // Stored with the epoch each position was delivered in: a client that left before it
+        // was told its history changed is told on any node.
+        let rows: Vec<(String, String, HippiePosition)> = changed
             .iter()
-            .map(|(q, p)| (q.channel.to_string(), q.client_id.to_string(), *p))
+            .filter_map(|(q, position)| {
+                let point = self.hub.cursor_point(*position)?;
+                let stored = HippiePosition {
+                    epoch: point.epoch,
+                    position: point.position,
+                };
+                Some((q.channel.to_string(), q.client_id.to_string(), stored))
+            })
             .collect();
         match self.durable.store().save_hippie_positions(&rows).await {
             Ok(()) => {
@@ -491,14 +517,18 @@ impl Reader {
     }
 
     /// Hippie error messages the client must see after what was queued: its position expired
-    /// (it must reload), or its full queue dropped messages.
+    /// or was lost from the history (it must reload), or its full queue dropped messages.
     pub(crate) fn notices(&self) -> Vec<Bytes> {
         let mut notices = Vec::new();
-        if self.queue.expired.swap(false, Ordering::AcqRel) {
-            notices.push(error_message(
-                "reset",
-                "durable messages expired while this client was away; reload your state",
-            ));
+        let reset = self
+            .queue
+            .reset
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .or_else(|| self.queue.outbox.take_missed_reset());
+        if let Some(reason) = reset {
+            notices.push(error_message("reset", reason.hippie_reason()));
         }
         if let Some(dropped) = self.queue.outbox.take_overflow() {
             notices.push(error_message(

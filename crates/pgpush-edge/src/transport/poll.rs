@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use pgpush_protocol::{ErrorCode, Message, poll_reply};
+use pgpush_protocol::{ErrorCode, Message, ResetReason, poll_reply};
 
 use crate::{
     Node,
@@ -65,37 +65,30 @@ pub(crate) async fn poll(
             .durable
             .head()
             .and_then(|head| node.durable.cursor(head));
-        return Ok(reply(&[], current.as_deref(), false));
+        return Ok(reply(&[], current.as_deref(), None));
     };
     let _guard = node.stats.connection(Transport::Poll);
     let (outbox, mut inbox) = node.hub.outbox(Some(conn.kill.clone()));
     let mut session = Session::new(node.hub.clone(), outbox);
     let resumed = resume::subscribe(&node, &mut session, &channels, Some(&cursor)).await?;
-    let mut position = resumed.head.max(resumed.since);
+    let registered = resumed.cursor(&node.durable);
     let mut replay = std::pin::pin!(resume::batches(
         node.durable.clone(),
         channels.clone(),
         resumed.replay
     ));
     match replay.next().await {
-        Some(Ok(ReplayBatch::Reset)) => {
-            return Ok(reply(
-                &[],
-                position.and_then(|p| node.durable.cursor(p)).as_deref(),
-                true,
-            ));
+        Some(Ok(ReplayBatch::Reset(reason))) => {
+            node.stats.count_resets(reason, 1);
+            return Ok(reply(&[], registered.as_deref(), Some(reason)));
         }
         Some(Ok(ReplayBatch::Messages(mut messages))) => {
             // A long replay comes in pages: the cursor of the last message sent is where the
             // next poll continues.
             messages.truncate(MAX_MESSAGES);
-            position = messages.last().and_then(|m| m.position()).or(position);
             node.stats.delivered(messages.len());
-            return Ok(reply(
-                &messages,
-                position.and_then(|p| node.durable.cursor(p)).as_deref(),
-                false,
-            ));
+            let cursor = last_cursor(&messages).or(registered.as_deref());
+            return Ok(reply(&messages, cursor, None));
         }
         Some(Err(error)) => return Err(error),
         None => {}
@@ -112,18 +105,29 @@ pub(crate) async fn poll(
     }
     let room = MAX_MESSAGES.saturating_sub(messages.len());
     inbox.try_recv_many(&mut messages, room);
-    node.stats.delivered(messages.len());
-    if let Some(last) = messages.iter().rev().find_map(|m| m.position()) {
-        position = Some(last);
+    // At a reset marker the history changed: what came before it is lost, what follows goes
+    // on from the marker's cursor.
+    let mut reset = None;
+    if let Some(at) = messages.iter().rposition(|m| m.reset_reason().is_some()) {
+        reset = messages[at].reset_reason();
+        messages.drain(..at);
     }
-    Ok(reply(
-        &messages,
-        position.and_then(|p| node.durable.cursor(p)).as_deref(),
-        false,
-    ))
+    let cursor = last_cursor(&messages).map(str::to_owned).or(registered);
+    messages.retain(|m| m.reset_reason().is_none());
+    node.stats.delivered(messages.len());
+    Ok(reply(&messages, cursor.as_deref(), reset))
 }
 
-fn reply(messages: &[Arc<Message>], cursor: Option<&str>, reset: bool) -> Response<Body> {
+/// The cursor of the last durable message (or reset marker) of a batch.
+fn last_cursor(messages: &[Arc<Message>]) -> Option<&str> {
+    messages.iter().rev().find_map(|m| m.cursor())
+}
+
+fn reply(
+    messages: &[Arc<Message>],
+    cursor: Option<&str>,
+    reset: Option<ResetReason>,
+) -> Response<Body> {
     json(
         StatusCode::OK,
         poll_reply(

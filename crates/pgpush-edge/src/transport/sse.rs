@@ -74,10 +74,12 @@ pub(crate) async fn open(
                 SseFormat.encode(&messages, &mut chunks);
                 Ok(chunks.into_iter().next().unwrap_or_default())
             }
-            Ok(ReplayBatch::Reset) => {
+            Ok(ReplayBatch::Reset(reason)) => {
+                stats.count_resets(reason, 1);
                 let mut event = Vec::new();
                 let reset = ServerFrame::Reset {
-                    reason: "cursor expired",
+                    reason: reason.as_str(),
+                    cursor: None,
                 }
                 .encode();
                 sse::write_event(&mut event, None, "reset", &reset);

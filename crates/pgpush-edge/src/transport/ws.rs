@@ -293,15 +293,13 @@ impl Native {
                     .await?;
                     self.node.stats.delivered(messages.len());
                 }
-                Ok(ReplayBatch::Reset) => {
-                    io.send_text(
-                        ServerFrame::Reset {
-                            reason: "cursor expired",
-                        }
-                        .encode(),
-                        interrupt,
-                    )
-                    .await?;
+                Ok(ReplayBatch::Reset(reason)) => {
+                    self.node.stats.count_resets(reason, 1);
+                    let reset = ServerFrame::Reset {
+                        reason: reason.as_str(),
+                        cursor: None,
+                    };
+                    io.send_text(reset.encode(), interrupt).await?;
                 }
                 Err(error) => {
                     // Live messages after the replay are queued already: continuing would leave
