@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use pgpush_tests::{Edge, EdgeOptions, TestPostgres, WsClient, http, ws::WsEvent};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::SOON;
@@ -138,4 +139,73 @@ async fn bad_input_is_answered_and_others_keep_receiving() {
     assert_eq!(response.status, 400);
     bystander_still_served(&pg, &mut bystander, 5).await;
     bystander.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_decode_strictly_on_every_route_and_a_non_ascii_last_event_id_is_a_bad_cursor() {
+    let pg = TestPostgres::start();
+    let edge = Edge::start(&pg.url()).await;
+    let address = edge.address();
+    let code = |response: &http::HttpResponse| response.json()["error"].clone();
+    // Not UTF-8 after decoding, or a malformed escape: bad_channel, in a query and in a path.
+    for path in [
+        "/v1/sse?channel=%FF",
+        "/v1/poll?channel=%FF",
+        "/v1/poll?channel=a%ZZ",
+        "/v1/ws?channel=%C3",
+    ] {
+        let response = http::get(address, path).await;
+        assert_eq!(
+            (response.status.as_u16(), code(&response)),
+            (400, json!("bad_channel")),
+            "{path}: {}",
+            response.text()
+        );
+    }
+    for path in ["/v1/publish/%FF", "/v1/publish/a%ZZ"] {
+        let response = http::post(address, path, "{}").await;
+        assert_eq!(
+            (response.status.as_u16(), code(&response)),
+            (400, json!("bad_channel")),
+            "{path}: {}",
+            response.text()
+        );
+    }
+    // Another parameter that does not decode is a bad request, not silently something else.
+    let response = http::get(address, "/v1/poll?channel=a&cursor=%FF").await;
+    assert_eq!(
+        (response.status.as_u16(), code(&response)),
+        (400, json!("bad_request"))
+    );
+    // The Hippie routes answer the same status (in their plain-text form).
+    for path in [
+        "/_hippie/poll/%FF",
+        "/_hippie/poll/a%ZZ",
+        "/_hippie/poll/a?client_id=%ZZ",
+    ] {
+        let response = http::get(address, path).await;
+        assert_eq!(response.status, 400, "{path}: {}", response.text());
+    }
+    let response = http::post(address, "/_hippie/pub/a", "message=%ZZ").await;
+    assert_eq!(response.status, 400, "{}", response.text());
+    // U+FFFD itself is a channel like any other; %FF never becomes it.
+    let mut sse = pgpush_tests::SseClient::connect(address, "/v1/sse?channel=%EF%BF%BD", &[]).await;
+    assert_eq!(sse.next_event(SOON).await.unwrap().event, "subscribed");
+    let published = http::post(address, "/v1/publish/%EF%BF%BD?mode=ephemeral", "1").await;
+    assert_eq!(published.status, 200, "{}", published.text());
+    assert_eq!(sse.next_message(SOON).await.1["channel"], "\u{fffd}");
+
+    // A Last-Event-ID that is not ASCII is no cursor: bad_cursor, not a stream without replay.
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = "GET /v1/sse?channel=a&since=1.0000000000000000 HTTP/1.1\r\nHost: x\r\n\
+                   Connection: close\r\nLast-Event-ID: caf\u{e9}\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(SOON, stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"bad_cursor\""), "{answer}");
 }

@@ -17,6 +17,7 @@ mod hippie_wire;
 mod listen_set;
 mod loadtest;
 mod observability;
+mod operator;
 mod reconnect;
 mod security;
 mod shutdown;

@@ -1029,3 +1029,87 @@ async fn a_node_at_its_connection_limit_answers_unavailable_until_one_leaves() {
     })
     .await;
 }
+
+/// The status a WebSocket handshake to `url` is answered with (101 when it upgraded).
+async fn handshake_status(url: &str) -> (u16, Option<WsClient>) {
+    match WsClient::try_connect(url).await {
+        Ok(client) => (101, Some(client)),
+        Err(tungstenite::Error::Http(response)) => (response.status().as_u16(), None),
+        Err(error) => panic!("handshake to {url} failed: {error}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websockets_count_against_the_connection_limits_for_as_long_as_they_are_open() {
+    let pg = TestPostgres::start();
+    let edge = Edge::start_with(
+        &pg.url(),
+        EdgeOptions::args(&[
+            "--max-connections-per-address",
+            "4",
+            "--max-connections",
+            "6",
+        ]),
+    )
+    .await;
+    // Native and Hippie WebSockets from one address: the fifth is refused like any socket.
+    let mut open = Vec::new();
+    for path in [
+        "/v1/ws?channel=a",
+        "/v1/ws",
+        "/_hippie/ws/a",
+        "/_hippie/ws/b",
+    ] {
+        let (status, client) = handshake_status(&edge.ws_url(path)).await;
+        assert_eq!(status, 101, "{path}");
+        open.push(client.unwrap());
+    }
+    for path in ["/v1/ws?channel=a", "/_hippie/ws/c"] {
+        let (status, _) = handshake_status(&edge.ws_url(path)).await;
+        assert_eq!(
+            status, 429,
+            "{path}: the address already holds 4 WebSockets"
+        );
+    }
+    let (status, code) = status_and_code(edge.address(), Method::GET, "/healthz", &[], "").await;
+    assert_eq!((status, code.as_str()), (429, "limit_exceeded"));
+    let observer: IpAddr = "127.0.0.9".parse().unwrap();
+    let stats = request_from(
+        observer,
+        edge.address(),
+        Method::GET,
+        "/v1/stats",
+        &[],
+        String::new(),
+    )
+    .await;
+    assert_eq!(
+        stats.json()["connections"]["websocket"],
+        4,
+        "the refused ones are gone"
+    );
+    // The node-wide limit counts them too: 4 WebSockets + 2 from another address fill it.
+    let other: IpAddr = "127.0.0.2".parse().unwrap();
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        others.push(WsClient::connect_from(other, &edge.ws_url("/v1/ws?channel=a")).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = "127.0.0.3".parse().unwrap();
+    let response = request_from(
+        third,
+        edge.address(),
+        Method::GET,
+        "/healthz",
+        &[],
+        String::new(),
+    )
+    .await;
+    assert_eq!(response.status, 503, "the node is full of WebSockets");
+    // Closing a WebSocket gives its place back.
+    drop(open.pop());
+    wait_until(SOON, "room for a WebSocket again", || async {
+        handshake_status(&edge.ws_url("/v1/ws?channel=a")).await.0 == 101
+    })
+    .await;
+}

@@ -166,3 +166,49 @@ async fn up_with_the_demo_serves_through_nginx_and_stops_everything_on_ctrl_c() 
         "still listening"
     );
 }
+
+/// The `pgpush-up-*` folders in the temp directory.
+fn up_folders() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("pgpush-up-"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_on_a_taken_port_fails_at_once_naming_it_and_leaves_nothing_behind() {
+    let pg = pgpush_tests::TestPostgres::start();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let before = up_folders();
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        Command::new(pgpush_binary())
+            .args(["up", "--nodes", "2", "--listen", &address])
+            .env("DATABASE_URL", pg.url())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("pgpush up gave up within seconds")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&address), "{stderr}");
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("pgpush is up"),
+        "it never said it was up"
+    );
+    let left: Vec<_> = up_folders().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "folders left behind: {left:?}");
+    let database = pg.url();
+    assert!(
+        processes_mentioning(&database).is_empty(),
+        "processes left behind: {:?}",
+        processes_mentioning(&database)
+    );
+}

@@ -24,6 +24,8 @@ pub struct EdgeOptions {
     pub env: Vec<(String, String)>,
     /// A fixed listen address (default: a free port), so a restarted node comes back on it.
     pub listen: Option<SocketAddr>,
+    /// Start without `--migrate` (on a database that may lack the pgpush schema).
+    pub without_migrate: bool,
 }
 
 impl EdgeOptions {
@@ -33,6 +35,7 @@ impl EdgeOptions {
             args: args.iter().map(|a| a.to_string()).collect(),
             env: Vec::new(),
             listen: None,
+            without_migrate: false,
         }
     }
 }
@@ -84,14 +87,8 @@ impl Edge {
             .listen
             .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
         command
-            .args([
-                "serve",
-                "--listen",
-                &listen,
-                "--database-url",
-                database_url,
-                "--migrate",
-            ])
+            .args(["serve", "--listen", &listen, "--database-url", database_url])
+            .args((!options.without_migrate).then_some("--migrate"))
             .args(&options.args)
             .env("RUST_LOG", "info,pgpush_edge=debug")
             .stdin(Stdio::null())

@@ -88,6 +88,19 @@ impl TestPostgres {
         self.cluster.url()
     }
 
+    /// Puts `line` first in `pg_hba.conf` (it decides before the test cluster's `trust` lines)
+    /// and reloads the configuration.
+    pub async fn hba_first(&self, line: &str) {
+        let path = self.cluster.root().join("data/pg_hba.conf");
+        let rest = std::fs::read_to_string(&path).expect("read pg_hba.conf");
+        std::fs::write(&path, format!("{line}\n{rest}")).expect("write pg_hba.conf");
+        self.client()
+            .await
+            .execute("SELECT pg_reload_conf()", &[])
+            .await
+            .expect("pg_reload_conf");
+    }
+
     /// The server log file.
     pub fn log_path(&self) -> std::path::PathBuf {
         self.cluster.root().join("postgres.log")

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 
 /// pgpush: a real-time gateway from PostgreSQL LISTEN/NOTIFY to WebSocket and SSE clients.
 #[derive(Debug, Parser)]
@@ -16,7 +16,7 @@ pub struct Cli {
 /// The `pgpush` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
-    /// Run an edge node (a throwaway local PostgreSQL when DATABASE_URL is unset).
+    /// Run an edge node on DATABASE_URL (or, with --throwaway-database, a private PostgreSQL).
     Serve(Box<ServeConfig>),
     /// Print every notification on the given channels, like the original C listener.
     Listen(ListenArgs),
@@ -168,6 +168,15 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    /// Without DATABASE_URL, start a private throwaway PostgreSQL (removed on exit) instead of
+    /// refusing to start: for trying pgpush out, never for a real deployment.
+    #[arg(
+        long,
+        env = "PGPUSH_THROWAWAY_DATABASE",
+        conflicts_with = "database_url"
+    )]
+    pub throwaway_database: bool,
+
     /// This node's name in stats and logs (default: the listen address).
     #[arg(long, env = "PGPUSH_NODE_ID")]
     pub node_id: Option<String>,
@@ -227,7 +236,7 @@ pub struct ServeConfig {
     /// Read a PROXY protocol (v1 or v2) header where a connection starts with one, as nginx's
     /// stream module sends with `proxy_protocol on`; its client address is believed only from a
     /// trusted proxy. Connections without one (health checks) are served as they are.
-    #[arg(long, env = "PGPUSH_PROXY_PROTOCOL")]
+    #[arg(long, env = "PGPUSH_PROXY_PROTOCOL", value_parser = BoolishValueParser::new())]
     pub proxy_protocol: bool,
 
     /// Peers whose `X-Forwarded-For` (and PROXY protocol header) is believed (IP addresses or CIDR networks, comma-separated).
@@ -235,7 +244,7 @@ pub struct ServeConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
     /// Serve the location demo's snapshot at `/demo/people` (run `pgpush demo setup` first).
-    #[arg(long, env = "PGPUSH_DEMO")]
+    #[arg(long, env = "PGPUSH_DEMO", value_parser = BoolishValueParser::new())]
     pub demo: bool,
 
     /// The Hippie compatibility routes.
@@ -345,7 +354,7 @@ pub struct SecurityArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DurableArgs {
     /// Apply pending schema migrations (`pgpush migrate`) before serving.
-    #[arg(long, env = "PGPUSH_MIGRATE")]
+    #[arg(long, env = "PGPUSH_MIGRATE", value_parser = BoolishValueParser::new())]
     pub migrate: bool,
 
     /// Largest durable payload accepted from clients, in bytes (SQL publishers are held to the
@@ -379,8 +388,13 @@ pub struct DurableArgs {
     pub sequencer_takeover: Duration,
 
     /// Never run the sequencer on this node.
-    #[arg(long, env = "PGPUSH_NO_SEQUENCER")]
+    #[arg(long, env = "PGPUSH_NO_SEQUENCER", value_parser = BoolishValueParser::new())]
     pub no_sequencer: bool,
+
+    /// Plain NOTIFY only: no durable channels, so no pgpush schema is needed; durable publishes
+    /// and cursors are refused with `not_implemented`.
+    #[arg(long, env = "PGPUSH_NO_DURABLE", value_parser = BoolishValueParser::new())]
+    pub no_durable: bool,
 
     /// Catch up with the events table at least this often, even without a wake-up.
     #[arg(long, env = "PGPUSH_CATCH_UP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -399,7 +413,7 @@ pub struct DurableArgs {
 #[derive(Debug, Clone, Args)]
 pub struct HippieConfig {
     /// Turn the Hippie routes off.
-    #[arg(long = "no-hippie", env = "PGPUSH_NO_HIPPIE")]
+    #[arg(long = "no-hippie", env = "PGPUSH_NO_HIPPIE", value_parser = BoolishValueParser::new())]
     pub disabled: bool,
 
     /// Path prefix of the Hippie routes.

@@ -32,10 +32,16 @@ const REPLAY_BATCH: i64 = 1000;
 const POSITION_WAIT: Duration = Duration::from_secs(10);
 /// How long a subscribe with a cursor ahead of this node waits for the node to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+/// How often the reader retries to start while it cannot (no schema, no database).
+const START_RETRY: Duration = Duration::from_secs(2);
+/// How often a node that cannot start durable channels says so again in its log.
+const START_REMINDER: Duration = Duration::from_secs(60);
 
 /// Durable-channel settings of a node.
 #[derive(Debug, Clone)]
 pub(crate) struct DurableConfig {
+    /// False with `--no-durable`: no schema needed, durable publishing and cursors refused.
+    pub(crate) enabled: bool,
     /// Safety poll: catch up this often even without a wake-up.
     pub(crate) catch_up_interval: Duration,
     /// Largest durable payload accepted from clients.
@@ -57,6 +63,8 @@ pub(crate) struct Durable {
     view: watch::Sender<Option<View>>,
     /// True once the reader's first attempt to start has ended, started or not.
     first_attempt: watch::Sender<bool>,
+    /// Why the reader has not started, while it retries (`None` once started).
+    not_started: Mutex<Option<String>>,
     wake: Arc<Notify>,
     stats: Arc<Stats>,
     /// Publishes waiting for their event's position, by event id (several when idempotent
@@ -116,6 +124,7 @@ impl Durable {
             key: OnceLock::new(),
             view: watch::channel(None).0,
             first_attempt: watch::channel(false).0,
+            not_started: Mutex::new(Some("the durable reader is starting".to_owned())),
             wake,
             waiters: Mutex::new(HashMap::new()),
         }
@@ -125,23 +134,41 @@ impl Durable {
     /// catches up on every wake-up (a `pgpush_wake` NOTIFY, a listener reconnect) and every
     /// `catch_up_interval`, so a lost wake-up delays delivery but never loses it.
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut warned = false;
+        if !self.config.enabled {
+            *self.lock_not_started() = None;
+            self.first_attempt.send_replace(true);
+            return;
+        }
+        let mut reminded: Option<tokio::time::Instant> = None;
         let (start, history) = loop {
             match self.start().await {
                 Ok(started) => break started,
                 Err(error) => {
-                    self.first_attempt.send_replace(true);
-                    if !warned {
-                        warn!(%error, "durable channels unavailable until this succeeds; retrying");
-                        warned = true;
+                    let reason = if error.is_not_migrated() {
+                        "the pgpush schema is missing or older than this release: run `pgpush \
+                         migrate` (or serve --migrate)"
+                            .to_owned()
+                    } else {
+                        format!("durable channels cannot start: {error}")
+                    };
+                    // Once, then a reminder a minute: a migration Job may be on its way.
+                    if reminded.is_none_or(|at| at.elapsed() >= START_REMINDER) {
+                        warn!(
+                            "{reason}; this node is not ready, and becomes ready by itself once \
+                             it can start"
+                        );
+                        reminded = Some(tokio::time::Instant::now());
                     }
+                    *self.lock_not_started() = Some(reason);
+                    self.first_attempt.send_replace(true);
                 }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = tokio::time::sleep(START_RETRY) => {}
             }
         };
+        *self.lock_not_started() = None;
         info!(
             head = start,
             epoch = format!("{:x}", history.current().id),
@@ -219,6 +246,28 @@ impl Durable {
                 return Ok(head);
             }
         }
+    }
+
+    fn lock_not_started(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.not_started.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why durable channels are not serving (`None` when they are, or are turned off): the
+    /// node is not ready meanwhile.
+    pub(crate) fn not_ready_reason(&self) -> Option<String> {
+        self.lock_not_started().clone()
+    }
+
+    /// The refusal of durable features on a node started with `--no-durable`.
+    fn turned_off(&self) -> Result<(), ApiError> {
+        if self.config.enabled {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorCode::NotImplemented,
+            "durable channels are turned off on this node (--no-durable): publish with \
+             mode=ephemeral and subscribe without a cursor",
+        ))
     }
 
     fn publish_view(&self, head: i64) {
@@ -389,9 +438,16 @@ impl Durable {
         let _ = tokio::time::timeout(timeout, attempted.wait_for(|done| *done)).await;
     }
 
-    /// Waits (up to `timeout`) until the reader runs; false if it did not start in time.
+    /// Waits (up to `timeout`) until the reader runs; false if it did not start in time, and
+    /// at once when its first attempt failed (no schema, durable channels off): nobody waits on
+    /// a node that is retrying.
     pub(crate) async fn wait_started(&self, timeout: Duration) -> bool {
+        let mut attempted = self.first_attempt.subscribe();
+        let _ = tokio::time::timeout(timeout, attempted.wait_for(|done| *done)).await;
         let mut view = self.view.subscribe();
+        if self.not_ready_reason().is_some() || !self.config.enabled {
+            return view.borrow().is_some();
+        }
         tokio::time::timeout(timeout, view.wait_for(Option::is_some))
             .await
             .is_ok()
@@ -444,6 +500,7 @@ impl Durable {
                 "durable channels are not available on this node yet",
             )
         };
+        self.turned_off()?;
         self.wait_started(CATCH_UP_WAIT).await;
         let key = self.key.get().ok_or_else(unavailable)?;
         let point = key.decode(cursor).map_err(bad_cursor)?;
@@ -535,6 +592,7 @@ impl Durable {
         traceparent: Option<&str>,
         idempotency_key: Option<&str>,
     ) -> Result<Option<String>, ApiError> {
+        self.turned_off()?;
         if payload.len() > self.config.max_payload_bytes {
             return Err(ApiError::new(
                 ErrorCode::TooLarge,

@@ -34,8 +34,14 @@ pub fn token(data: &str) {
 pub fn query(data: &[u8]) {
     static ADMISSION: OnceLock<Admission> = OnceLock::new();
     let admission = ADMISSION.get_or_init(|| Admission::new(&security(&[])).expect("no tokens"));
-    if let Ok(grant) = admission.admit(&http::HeaderMap::new(), None) {
-        for (name, value) in form_urlencoded::parse(data) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let (Ok(grant), Ok(pairs)) = (
+        admission.admit(&http::HeaderMap::new(), None),
+        pgpush_protocol::query_pairs(text),
+    ) {
+        for (name, value) in pairs {
             if name == "channel" {
                 let _ = grant.channel(crate::policy::Action::Subscribe, &value);
             }

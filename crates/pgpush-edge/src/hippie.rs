@@ -29,6 +29,7 @@ use crate::{
     Node,
     config::HippieConfig,
     http::{ApiError, Body, ConnInfo, client_address, query_pairs, text},
+    http::{bad_channel_encoding, check_query},
     policy::{Action, Grant},
 };
 
@@ -166,13 +167,16 @@ async fn dispatch(
     let Some(hippie) = node.hippie.as_ref() else {
         return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
     };
+    if let Err(error) = check_query(&request) {
+        return Err(refuse(StatusCode::BAD_REQUEST, error.reason));
+    }
     let route = match parse_hippie_path(rest) {
         Ok(route) => route,
         Err(HippiePathError::NotFound) => return Err(refuse(StatusCode::NOT_FOUND, "Not found")),
-        Err(HippiePathError::BadEncoding) => {
+        Err(HippiePathError::BadEncoding(error)) => {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
-                "Channel is not UTF-8 after URL decoding",
+                bad_channel_encoding(error).reason,
             ));
         }
     };

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
-use pgpush_protocol::{Channel, ErrorCode, http_error_body};
+use pgpush_protocol::{Channel, ErrorCode, UrlDecodeError, http_error_body};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -31,6 +31,9 @@ pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
     /// Cancelled to cut the connection (a slow consumer); the server drops it after a grace.
     pub(crate) kill: CancellationToken,
+    /// Its place under the connection limits: held as long as anything serves the socket, an
+    /// upgraded WebSocket included (`None` on the metrics address).
+    pub(crate) _permit: Option<crate::limits::ConnectionPermit>,
 }
 
 /// An error answered to a client: a stable code and a human reason, never internals.
@@ -115,6 +118,7 @@ pub(crate) async fn route(
             let grant = admit(&node, &request);
             return Ok(hippie::route(node, conn, request, &rest, grant).await);
         }
+        _ if let Err(error) = check_query(&request) => Err(error),
         (&Method::GET, "/metrics") if node.config.metrics_listen.is_some() => Err(ApiError::new(
             ErrorCode::NotFound,
             "metrics are served on the node's metrics address (--metrics-listen)",
@@ -241,15 +245,9 @@ pub(crate) async fn metrics_route(
 }
 
 fn readyz(node: &Node) -> Response<Body> {
-    if node.is_ready() {
-        json(StatusCode::OK, Bytes::from_static(br#"{"ready":true}"#))
-    } else {
-        let reason = if node.shutdown.is_cancelled() {
-            "node is draining"
-        } else {
-            "LISTEN connection to PostgreSQL is down"
-        };
-        ApiError::new(ErrorCode::Unavailable, reason).into_response()
+    match node.not_ready_reason() {
+        None => json(StatusCode::OK, Bytes::from_static(br#"{"ready":true}"#)),
+        Some(reason) => ApiError::new(ErrorCode::Unavailable, reason).into_response(),
     }
 }
 
@@ -286,13 +284,38 @@ pub(crate) fn client_address(
     address
 }
 
-/// The query string's `name=value` pairs, percent-decoded.
+/// The query string's `name=value` pairs, URL-decoded. The router has checked that the query
+/// decodes ([`check_query`]), so nothing is lost or replaced here.
 pub(crate) fn query_pairs<B>(request: &Request<B>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     request
         .uri()
         .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).collect())
+        .and_then(|q| pgpush_protocol::query_pairs(q).ok())
         .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| (Cow::Owned(name), Cow::Owned(value)))
+        .collect()
+}
+
+/// Refuses a query string that does not URL-decode: `bad_channel` when it is a `channel`,
+/// `bad_request` otherwise. Checked once per request, before any route reads the query.
+pub(crate) fn check_query<B>(request: &Request<B>) -> Result<(), ApiError> {
+    let Some(query) = request.uri().query() else {
+        return Ok(());
+    };
+    match pgpush_protocol::query_pairs(query) {
+        Ok(_) => Ok(()),
+        Err((name, error)) if name == "channel" => Err(bad_channel_encoding(error)),
+        Err((name, error)) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("query parameter {name:?}: {error}"),
+        )),
+    }
+}
+
+/// The refusal of a channel name that does not URL-decode, on every route.
+pub(crate) fn bad_channel_encoding(error: UrlDecodeError) -> ApiError {
+    ApiError::new(ErrorCode::BadChannel, format!("channel name: {error}"))
 }
 
 /// Every `channel=` of the query, validated, checked against the client's grant and the

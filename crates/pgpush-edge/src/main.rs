@@ -29,7 +29,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, error)) => {
-            eprintln!("pgpush: {error:#}");
+            // Every error's message names its causes once: the chain is not printed again.
+            eprintln!("pgpush: {error}");
             ExitCode::from(code)
         }
     }
@@ -49,7 +50,7 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
     // starting thread's life, and the main thread lives as long as we do.
     let mut throwaway = None;
     let wants_database = match &cli.command {
-        CliCommand::Serve(config) => config.database.database_url.is_none(),
+        CliCommand::Serve(config) => config.throwaway_database,
         CliCommand::Up(args) => args.database.database_url.is_none(),
         _ => false,
     };
@@ -82,7 +83,8 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
                 })
                 .await
                 .map_err(|e| match e {
-                    pgpush_edge::StartError::Bind { .. } => (1, e.into()),
+                    pgpush_edge::StartError::Bind { .. }
+                    | pgpush_edge::StartError::Refused { .. } => (1, e.into()),
                     _ => (EXIT_CONFIG, e.into()),
                 })
             }

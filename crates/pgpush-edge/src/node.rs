@@ -9,7 +9,7 @@ use pgpush_protocol::StatsSnapshot;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     auth::{Admission, AuthSetupError},
@@ -27,11 +27,23 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// No database URL was configured.
-    #[error("no database configured: set DATABASE_URL or --database-url")]
+    #[error(
+        "no database configured: set DATABASE_URL (or --database-url); for a private throwaway \
+         PostgreSQL to try pgpush out, pass --throwaway-database"
+    )]
     NoDatabase,
     /// The database URL does not parse.
     #[error("bad database URL: {0}")]
     Database(#[from] pgpush_pg::Error),
+    /// The database refused this node (a wrong password, no such database): retrying would not
+    /// help.
+    #[error("cannot use PostgreSQL at {target}: {source}")]
+    Refused {
+        /// Where the node connected.
+        target: String,
+        /// What the server said.
+        source: pgpush_pg::Error,
+    },
     /// `--migrate` was given and the migration failed.
     #[error("migration failed: {0}")]
     Migrate(pgpush_pg::Error),
@@ -86,9 +98,21 @@ pub struct Node {
 }
 
 impl Node {
-    /// True when the node should receive new clients: LISTEN connection up, not draining.
+    /// True when the node should receive new clients (see [`Node::not_ready_reason`]).
     pub fn is_ready(&self) -> bool {
-        self.hub.listener_up() && !self.shutdown.is_cancelled()
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the node should not receive new clients: it drains, its LISTEN connection is down, or
+    /// its durable channels cannot start (no schema yet); `None` when it is ready.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.shutdown.is_cancelled() {
+            return Some("node is draining".to_owned());
+        }
+        if !self.hub.listener_up() {
+            return Some("LISTEN connection to PostgreSQL is down".to_owned());
+        }
+        self.durable.not_ready_reason()
     }
 
     /// The `/v1/stats` document.
@@ -143,6 +167,22 @@ pub async fn run(
         .ok_or(StartError::NoDatabase)?;
     let options = ConnectOptions::parse(&url)?;
     let admission = Arc::new(Admission::new(&config.security)?);
+    // A database that refuses us will go on refusing: say so now instead of retrying forever.
+    // One that is not reachable yet (still starting, failing over) is waited for.
+    match options.check().await {
+        Ok(()) => {}
+        Err(source) if source.is_rejected() => {
+            return Err(StartError::Refused {
+                target: options.describe(),
+                source,
+            });
+        }
+        Err(error) => warn!(
+            %error,
+            database = options.describe(),
+            "PostgreSQL is not reachable yet; serving, not ready until it is"
+        ),
+    }
     if config.durable.migrate {
         migrate(&options).await.map_err(StartError::Migrate)?;
     }
@@ -191,6 +231,7 @@ pub async fn run(
         hub.clone(),
         stats.clone(),
         DurableConfig {
+            enabled: !config.durable.no_durable,
             catch_up_interval: config.durable.catch_up_interval,
             max_payload_bytes: config.durable.max_payload_bytes,
             idempotency_window: config.durable.idempotency_window,
@@ -203,7 +244,7 @@ pub async fn run(
         config.metrics_sample_interval,
         listener_shutdown.clone(),
     ));
-    let sequencer = (!config.durable.no_sequencer).then(|| {
+    let sequencer = (!config.durable.no_sequencer && !config.durable.no_durable).then(|| {
         let settings = SequencerConfig {
             interval: config.durable.sequencer_interval,
             takeover_interval: config.durable.sequencer_takeover,

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use percent_encoding::percent_decode_str;
-use pgpush_protocol::{Channel, ErrorCode, MAX_NOTIFY_PAYLOAD_BYTES, PublishMode, publish_reply};
+use pgpush_protocol::{
+    Channel, ErrorCode, MAX_NOTIFY_PAYLOAD_BYTES, PublishMode, publish_reply, url_decode,
+};
 use tracing::{Instrument, error};
 
 use crate::{
     Node,
-    http::{ApiError, Body, ConnInfo, client_address, json, query_pairs},
+    http::{ApiError, Body, ConnInfo, bad_channel_encoding, client_address, json, query_pairs},
     policy::{Action, Grant},
     stats::PublishVia,
     telemetry,
@@ -64,14 +65,7 @@ async fn http_publish_in(
     grant: &Grant,
 ) -> Result<Response<Body>, ApiError> {
     node.limits.publish_from(address)?;
-    let name = percent_decode_str(channel_path)
-        .decode_utf8()
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::BadChannel,
-                "channel name is not UTF-8 after URL decoding",
-            )
-        })?;
+    let name = url_decode(channel_path, false).map_err(bad_channel_encoding)?;
     let channel = grant.channel(Action::Publish, &name)?;
     let idempotency_key = match request.headers().get("idempotency-key") {
         None => None,

@@ -21,6 +21,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::{
     Node,
     http::{ConnInfo, route},
+    limits::ConnectionPermit,
     proxy_protocol,
 };
 
@@ -139,7 +140,7 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
         }
     }
     // Trusted proxies carry many clients: only a client's own address is limited.
-    let _permit = match node
+    let permit = match node
         .limits
         .admit((!is_trusted_proxy(&node, peer)).then(|| peer.ip().to_canonical()))
     {
@@ -161,6 +162,7 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
                 stats,
             },
             peer,
+            permit,
             node,
         )
         .await;
@@ -174,6 +176,7 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
                 stats,
             },
             peer,
+            permit,
             node,
         )
         .await;
@@ -299,13 +302,14 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for CountingIo<I> {
 
 /// Serves HTTP/1.1 (with upgrades) on one connection until it ends, the node drains, or the
 /// connection is cut as a slow consumer.
-async fn serve_http<I>(stream: I, peer: SocketAddr, node: Arc<Node>)
+async fn serve_http<I>(stream: I, peer: SocketAddr, permit: ConnectionPermit, node: Arc<Node>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(ConnInfo {
         peer,
         kill: CancellationToken::new(),
+        _permit: Some(permit),
     });
     let service = {
         let node = node.clone();

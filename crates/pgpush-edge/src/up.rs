@@ -46,6 +46,9 @@ pub async fn up(
 ) -> Result<(), UpError> {
     let options = pgpush_pg::ConnectOptions::parse(&database_url)
         .map_err(|e| UpError::Start(e.to_string()))?;
+    // The one address clients use must be ours: fail now, before anything is started.
+    std::net::TcpListener::bind(args.listen)
+        .map_err(|e| UpError::Start(format!("cannot listen on {}: {e}", args.listen)))?;
     crate::migrate(&options)
         .await
         .map_err(|e| UpError::Start(format!("migration failed: {e}")))?;
@@ -93,17 +96,18 @@ pub async fn up(
                 });
             }
             println!("Press Ctrl-C to stop (everything started here is removed).");
-            wait_for_stop(&mut owned, &shutdown).await;
+            let served = wait_for_stop(&mut owned, &shutdown).await;
+            stop_all(&mut owned).await;
+            drop(workdir);
+            served?;
+            println!("pgpush up: stopped");
+            Ok(())
         }
         Err(error) => {
             stop_all(&mut owned).await;
-            return Err(error);
+            Err(error)
         }
     }
-    stop_all(&mut owned).await;
-    drop(workdir);
-    println!("pgpush up: stopped");
-    Ok(())
 }
 
 async fn start_all(
@@ -151,10 +155,8 @@ async fn start_all(
             child,
         });
         let address = read_address(stdout).await.ok_or_else(|| {
-            UpError::Start(format!(
-                "{name} did not start; see {}",
-                workdir.join(format!("{name}.log")).display()
-            ))
+            let log = workdir.join(format!("{name}.log"));
+            UpError::Start(format!("{name} did not start: {}", last_lines(&log)))
         })?;
         addresses.push(address);
     }
@@ -189,13 +191,19 @@ async fn start_all(
             name: "nginx".into(),
             child,
         });
-        wait_listening(args.listen).await.map_err(|()| {
-            UpError::Start(format!(
-                "nginx did not listen on {}: {}",
-                args.listen,
-                std::fs::read_to_string(workdir.join("error.log")).unwrap_or_default()
-            ))
-        })?;
+        let nginx = owned.last_mut().expect("just pushed");
+        if !nginx_listens(&mut nginx.child, args.listen).await {
+            let said = [workdir.join("nginx.stderr"), workdir.join("error.log")]
+                .iter()
+                .map(|path| last_lines(path))
+                .filter(|text| !text.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(UpError::Start(format!(
+                "nginx did not listen on {}: {said}",
+                args.listen
+            )));
+        }
         lines.push(format!(
             "pgpush is up: {} nodes behind nginx ({} mode) on http://{}",
             addresses.len(),
@@ -267,26 +275,48 @@ async fn read_address(stdout: tokio::process::ChildStdout) -> Option<SocketAddr>
     found
 }
 
-async fn wait_listening(address: SocketAddr) -> Result<(), ()> {
+/// True once nginx accepts connections on `address` (within 5 s), false if it exited first.
+async fn nginx_listens(nginx: &mut Child, address: SocketAddr) -> bool {
     for _ in 0..100 {
+        if !matches!(nginx.try_wait(), Ok(None)) {
+            return false;
+        }
         if tokio::net::TcpStream::connect(address).await.is_ok() {
-            return Ok(());
+            // Still ours: nginx did not exit on a failed bind meanwhile.
+            return matches!(nginx.try_wait(), Ok(None));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(())
+    false
 }
 
-async fn wait_for_stop(owned: &mut [Owned], shutdown: &CancellationToken) {
+/// The last lines of a log file, joined, for an error message (its folder is removed after).
+fn last_lines(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+/// Serves until `shutdown`. A node that exits is reported once (the others keep serving); if
+/// nginx, the only way in, exits, or every node did, the deployment is over: an error.
+async fn wait_for_stop(owned: &mut [Owned], shutdown: &CancellationToken) -> Result<(), UpError> {
     let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut reported = std::collections::HashSet::new();
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = check.tick() => {
                 for process in owned.iter_mut() {
-                    if let Ok(Some(status)) = process.child.try_wait() {
+                    let Ok(Some(status)) = process.child.try_wait() else { continue };
+                    if process.name == "nginx" {
+                        return Err(UpError::Start(format!("nginx exited ({status})")));
+                    }
+                    if reported.insert(process.name.clone()) {
                         eprintln!("pgpush up: {} exited ({status}); the others keep serving", process.name);
                     }
+                }
+                if reported.len() == owned.iter().filter(|p| p.name != "nginx").count() {
+                    return Err(UpError::Start("every node exited".to_owned()));
                 }
             }
         }

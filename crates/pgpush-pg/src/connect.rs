@@ -17,6 +17,44 @@ impl ConnectOptions {
         Ok(ConnectOptions { base })
     }
 
+    /// Where it connects, for messages: `host:port[,host:port] (database d, user u)`.
+    pub fn describe(&self) -> String {
+        use tokio_postgres::config::Host;
+        let ports = self.base.get_ports();
+        let hosts: Vec<String> = self
+            .base
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let host = match host {
+                    Host::Tcp(name) => name.clone(),
+                    Host::Unix(path) => path.display().to_string(),
+                };
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                format!("{host}:{port}")
+            })
+            .collect();
+        let hosts = if hosts.is_empty() {
+            "localhost:5432".to_owned()
+        } else {
+            hosts.join(",")
+        };
+        let user = self.base.get_user().unwrap_or("(the system user)");
+        let database = self.base.get_dbname().unwrap_or(user);
+        format!("{hosts} (database {database}, user {user})")
+    }
+
+    /// Connects once as the pool would and disconnects: whether the database takes this node.
+    pub async fn check(&self) -> Result<(), crate::Error> {
+        let (client, connection) = self.pool().connect(tokio_postgres::NoTls).await?;
+        let connection = tokio::spawn(connection);
+        client.simple_query("SELECT 1").await?;
+        drop(client);
+        let _ = connection.await;
+        Ok(())
+    }
+
     /// Settings for the LISTEN connection: it must reach the primary (LISTEN fails on a hot
     /// standby) and notice a dead peer within seconds, not after the 2-hour TCP default.
     pub fn listener(&self) -> tokio_postgres::Config {

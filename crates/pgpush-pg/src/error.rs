@@ -15,6 +15,7 @@ pub struct Error {
 enum Kind {
     Config,
     Unavailable,
+    Rejected,
     PayloadTooLarge,
     QueueFull,
     NotMigrated,
@@ -46,9 +47,16 @@ impl Error {
     }
 
     /// True when the database could not be reached (connect failure, closed connection, pool
-    /// timeout): the request may succeed later.
+    /// timeout) or refused this node (see [`Error::is_rejected`]): a client's request may
+    /// succeed later.
     pub fn is_unavailable(&self) -> bool {
-        self.kind == Kind::Unavailable
+        matches!(self.kind, Kind::Unavailable | Kind::Rejected)
+    }
+
+    /// True when the server refused the connection for a reason retrying does not change: a
+    /// wrong password, no `pg_hba.conf` entry, a database or role that does not exist.
+    pub fn is_rejected(&self) -> bool {
+        self.kind == Kind::Rejected
     }
 
     /// True when a `NOTIFY` payload was above PostgreSQL's 7,999-byte limit.
@@ -100,6 +108,16 @@ impl From<tokio_postgres::Error> for Error {
             }
             Some(code) if *code == SqlState::PROGRAM_LIMIT_EXCEEDED => Kind::QueueFull,
             Some(code)
+                if code.code().starts_with("28")
+                    || *code == SqlState::INVALID_CATALOG_NAME
+                    || *code == SqlState::INSUFFICIENT_PRIVILEGE
+                        && error
+                            .as_db_error()
+                            .is_some_and(|e| e.message().contains("CONNECT")) =>
+            {
+                Kind::Rejected
+            }
+            Some(code)
                 if *code == SqlState::ADMIN_SHUTDOWN
                     || *code == SqlState::CRASH_SHUTDOWN
                     || *code == SqlState::CANNOT_CONNECT_NOW =>
@@ -130,6 +148,7 @@ impl fmt::Display for Error {
         let what = match self.kind {
             Kind::Config => "bad database configuration",
             Kind::Unavailable => "database unavailable",
+            Kind::Rejected => "the database refused the connection",
             Kind::PayloadTooLarge => "payload too large for NOTIFY",
             Kind::QueueFull => "notification queue full",
             Kind::NotMigrated => "the pgpush schema is missing or old (run `pgpush migrate`)",
@@ -137,14 +156,29 @@ impl fmt::Display for Error {
             Kind::Db => "database error",
         };
         f.write_str(what)?;
-        // tokio-postgres prints only "db error" itself; the server's message is in the chain.
-        let mut next: Option<&(dyn StdError + 'static)> = self.source();
-        while let Some(error) = next {
-            write!(f, ": {error}")?;
-            next = error.source();
-        }
-        Ok(())
+        write_causes(f, self.source())
     }
+}
+
+/// Writes each cause of a chain once, after ": ". Some errors print their own cause too
+/// (tokio-postgres' "error connecting to server: Connection refused" has that `io::Error` as its
+/// source), so a cause whose text is already written is skipped; tokio-postgres' generic
+/// "db error" is left out before the server's own message.
+fn write_causes(
+    f: &mut fmt::Formatter<'_>,
+    mut next: Option<&(dyn StdError + 'static)>,
+) -> fmt::Result {
+    let mut written = String::new();
+    while let Some(error) = next {
+        let text = error.to_string();
+        let text = text.strip_prefix("db error: ").unwrap_or(&text);
+        if text != "db error" && !written.contains(text) {
+            write!(f, ": {text}")?;
+            written.push_str(text);
+        }
+        next = error.source();
+    }
+    Ok(())
 }
 
 impl StdError for Error {

@@ -6,7 +6,10 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+/// How often a failing sequencer connection is logged again.
+const REMINDER: Duration = Duration::from_secs(60);
 
 /// The advisory lock whose holder is the sequencer.
 const SEQUENCER_LOCK: i64 = 0x7067_7075_7368_0001;
@@ -57,14 +60,21 @@ pub fn spawn_sequencer(
     let (leading_tx, leading) = watch::channel(false);
     let leading_tx = Arc::new(leading_tx);
     let task = tokio::spawn(async move {
+        // While the database stays away, once a minute is enough to say so.
+        let mut said: Option<tokio::time::Instant> = None;
         loop {
             let result = candidate(&config, &settings, &leading_tx, &shutdown).await;
             leading_tx.send_replace(false);
             if shutdown.is_cancelled() {
                 break;
             }
-            if let Err(error) = result {
-                warn!(%error, "sequencer connection lost");
+            match result {
+                Err(error) if said.is_none_or(|at| at.elapsed() >= REMINDER) => {
+                    warn!(%error, "sequencer connection lost; retrying");
+                    said = Some(tokio::time::Instant::now());
+                }
+                Err(error) => debug!(%error, "sequencer connection still failing"),
+                Ok(()) => said = None,
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -97,6 +107,17 @@ async fn candidate(
         )
         .await?;
     loop {
+        // Without the schema (a migration Job not done yet) there is nothing to sequence: wait
+        // quietly; the node's durable reader says what is missing.
+        let migrated = crate::schema_version(&client)
+            .await?
+            .is_some_and(|version| version >= crate::SCHEMA_VERSION);
+        if !migrated {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(settings.takeover_interval) => continue,
+            }
+        }
         let acquired: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&SEQUENCER_LOCK])
             .await?

@@ -35,8 +35,8 @@ pub enum HippieRoute {
 pub enum HippiePathError {
     /// Not one of the routes.
     NotFound,
-    /// The channel part is not UTF-8 after URL decoding.
-    BadEncoding,
+    /// The channel part does not URL-decode (a malformed escape, or not UTF-8).
+    BadEncoding(crate::UrlDecodeError),
 }
 
 /// Parses `rest`, the raw (still URL-encoded) path after `<prefix>/`. The channel is everything
@@ -47,7 +47,7 @@ pub fn parse_hippie_path(rest: &str) -> Result<HippieRoute, HippiePathError> {
         return Ok(HippieRoute::Stats);
     }
     let (kind, channel) = rest.split_once('/').ok_or(HippiePathError::NotFound)?;
-    let channel = percent_decode(channel).ok_or(HippiePathError::BadEncoding)?;
+    let channel = crate::url_decode(channel, false).map_err(HippiePathError::BadEncoding)?;
     match kind {
         "ws" => Ok(HippieRoute::WebSocket(channel)),
         "mxhr" => Ok(HippieRoute::Mxhr(channel)),
@@ -55,26 +55,6 @@ pub fn parse_hippie_path(rest: &str) -> Result<HippieRoute, HippiePathError> {
         "pub" => Ok(HippieRoute::Publish(channel)),
         _ => Err(HippiePathError::NotFound),
     }
-}
-
-/// URL-decodes `%XX` escapes (a `+` stays a `+` in a path). `None` when the result is not UTF-8
-/// or an escape is malformed.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-            out.push(value);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// True for a client id a client may send: 1 to 128 characters of `[A-Za-z0-9._~-]`, so it is
@@ -231,8 +211,16 @@ mod tests {
         check_path("x/chat", Err(HippiePathError::NotFound));
         check_path("ws", Err(HippiePathError::NotFound));
         check_path("stats/x", Err(HippiePathError::NotFound));
-        check_path("ws/%ff", Err(HippiePathError::BadEncoding));
-        check_path("ws/%zz", Err(HippiePathError::BadEncoding));
+        check_path(
+            "ws/%ff",
+            Err(HippiePathError::BadEncoding(crate::UrlDecodeError::NotUtf8)),
+        );
+        check_path(
+            "ws/%zz",
+            Err(HippiePathError::BadEncoding(
+                crate::UrlDecodeError::MalformedEscape,
+            )),
+        );
     }
 
     /// Found by the `hippie` fuzz target: a number beyond f64 (`4e3333`) is valid JSON; stamping

@@ -12,6 +12,7 @@ mod message;
 mod payload;
 pub mod sse;
 mod stats;
+mod url;
 
 pub use channel::{Channel, ChannelError, MAX_CHANNEL_BYTES, RESERVED_PREFIX};
 pub use cursor::{CursorError, CursorKey, CursorPoint};
@@ -23,3 +24,4 @@ pub use frame::{
 pub use message::{Message, ResetReason};
 pub use payload::{MAX_NOTIFY_PAYLOAD_BYTES, Payload};
 pub use stats::{ConnectionCounts, StatsSnapshot};
+pub use url::{UrlDecodeError, query_pairs, url_decode};

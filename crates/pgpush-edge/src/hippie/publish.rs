@@ -86,7 +86,14 @@ pub(crate) async fn handle(
             }
         };
         if is_form || !body.is_empty() {
-            form = form_urlencoded::parse(&body).into_owned().collect();
+            let text = std::str::from_utf8(&body)
+                .map_err(|_| refuse(StatusCode::BAD_REQUEST, "form body is not UTF-8"))?;
+            form = pgpush_protocol::query_pairs(text).map_err(|(name, error)| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("form field {name:?}: {error}"),
+                )
+            })?;
         }
     }
     let find = |fields: &[(String, String)], name: &str| {

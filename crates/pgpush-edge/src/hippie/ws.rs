@@ -45,9 +45,13 @@ pub(crate) fn upgrade(
         None => new_client_id(),
     };
     let task_node = node.clone();
-    Ok(websocket::upgrade(&node, &mut request, accept, move |io| {
-        run(task_node, conn, io, channel, client_id, info)
-    }))
+    Ok(websocket::upgrade(
+        &node,
+        conn.clone(),
+        &mut request,
+        accept,
+        move |io| run(task_node, conn, io, channel, client_id, info),
+    ))
 }
 
 async fn run(

@@ -58,19 +58,20 @@ pub(crate) async fn poll(
                 )
             })?,
     };
-    let Some(cursor) = value("cursor") else {
-        // First poll: where to start from (a node that just started reads the head first).
-        node.durable.wait_started(Duration::from_secs(5)).await;
+    let cursor = value("cursor");
+    // First poll: where to start from (a node that just started reads the head first). Without
+    // durable channels (turned off, no schema yet) there is no cursor: it is held like any poll.
+    if cursor.is_none() && node.durable.wait_started(Duration::from_secs(5)).await {
         let current = node
             .durable
             .head()
             .and_then(|head| node.durable.cursor(head));
         return Ok(reply(&[], current.as_deref(), None));
-    };
+    }
     let _guard = node.stats.connection(Transport::Poll);
     let (outbox, mut inbox) = node.hub.outbox(Some(conn.kill.clone()));
     let mut session = Session::new(node.hub.clone(), outbox);
-    let resumed = resume::subscribe(&node, &mut session, &channels, Some(&cursor)).await?;
+    let resumed = resume::subscribe(&node, &mut session, &channels, cursor.as_deref()).await?;
     let registered = resumed.cursor(&node.durable);
     let mut replay = std::pin::pin!(resume::batches(
         node.durable.clone(),

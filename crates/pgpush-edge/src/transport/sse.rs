@@ -40,11 +40,18 @@ pub(crate) async fn open(
             "subscribe to at least one channel: /v1/sse?channel=<name>",
         ));
     }
-    // A browser reconnecting sends the last event id it saw; it overrides `since`.
-    let cursor = request
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
+    // A browser reconnecting sends the last event id it saw; it overrides `since`. One that is
+    // not a cursor's text is refused like any bad cursor, never ignored.
+    let last_event_id = match request.headers().get("last-event-id") {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadCursor,
+                "Last-Event-ID is not a cursor (not ASCII)",
+            )
+        })?),
+    };
+    let cursor = last_event_id
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
         .or_else(|| {

@@ -33,7 +33,7 @@ use tracing::debug;
 use crate::{
     Node,
     drain::Ticks,
-    http::{ApiError, Body, full},
+    http::{ApiError, Body, ConnInfo, full},
     hub::Inbox,
     stats::Stats,
 };
@@ -132,6 +132,7 @@ pub(crate) fn accept_key(headers: &HeaderMap) -> Result<String, ApiError> {
 /// Call only after [`accept_key`] succeeded.
 pub(crate) fn upgrade<F, Fut>(
     node: &Arc<Node>,
+    conn: Arc<ConnInfo>,
     request: &mut Request<Incoming>,
     accept: String,
     serve: F,
@@ -142,7 +143,9 @@ where
 {
     let on_upgrade = hyper::upgrade::on(request);
     let config = node.websocket_config();
+    // The socket's connection permit lives as long as the WebSocket, not just its handshake.
     node.tracker.spawn(async move {
+        let _connection = conn;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(

@@ -51,9 +51,13 @@ pub(crate) fn upgrade(
     drop(pairs);
     let task_node = node.clone();
     let client = Client { grant, address };
-    Ok(websocket::upgrade(&node, &mut request, accept, move |io| {
-        run(task_node, conn, io, channels, since, client)
-    }))
+    Ok(websocket::upgrade(
+        &node,
+        conn.clone(),
+        &mut request,
+        accept,
+        move |io| run(task_node, conn, io, channels, since, client),
+    ))
 }
 
 /// Who is on the other end of a connection: what it may do, and from where.
