@@ -147,6 +147,14 @@ pub struct NginxConfigArgs {
     /// nginx worker processes.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// The stream module (stream mode): `built-in` (nginx.org's packages, the official nginx
+    /// image), a path to `load_module` (Debian: /usr/lib/nginx/modules/ngx_stream_module.so), or
+    /// `auto` for what the nginx on this machine needs.
+    #[arg(long, default_value = "auto")]
+    pub stream_module: String,
+    /// The nginx binary `--stream-module auto` asks.
+    #[arg(long, default_value = "nginx")]
+    pub nginx: std::path::PathBuf,
 }
 
 /// Where the database is.

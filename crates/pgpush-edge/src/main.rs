@@ -115,7 +115,15 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
                 }
             }
             CliCommand::NginxConfig(args) => {
+                use pgpush_edge::nginx::{StreamModule, find_nginx};
+                let stream_module = match args.stream_module.as_str() {
+                    "built-in" => StreamModule::BuiltIn,
+                    "auto" => find_nginx(&args.nginx)
+                        .map_or(StreamModule::BuiltIn, |nginx| StreamModule::of(&nginx)),
+                    path => StreamModule::Load(path.into()),
+                };
                 let config = pgpush_edge::nginx::NginxConfig {
+                    stream_module,
                     mode: args.mode,
                     listen: args.listen,
                     nodes: args.nodes,

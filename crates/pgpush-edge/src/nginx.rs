@@ -1,6 +1,10 @@
 //! nginx configurations for a set of nodes, rendered from the templates in `nginx/`.
 
-use std::{fmt::Write as _, net::SocketAddr, path::PathBuf};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 /// How nginx proxies to the nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,12 +32,55 @@ pub struct NginxConfig {
     pub hippie_prefix: String,
     /// Worker processes.
     pub workers: usize,
+    /// How the stream module is there (stream mode).
+    pub stream_module: StreamModule,
+}
+
+/// How an nginx build has its stream module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamModule {
+    /// Compiled in (nginx.org's packages and the official `nginx` images): nothing to load.
+    BuiltIn,
+    /// A dynamic module to load first (Debian's `libnginx-mod-stream`).
+    Load(PathBuf),
+}
+
+impl StreamModule {
+    /// What the nginx binary at `nginx` needs, from its `nginx -V` configure arguments; when
+    /// there is no such binary, what this machine's module files say.
+    pub fn of(nginx: &Path) -> StreamModule {
+        let configured = std::process::Command::new(nginx)
+            .arg("-V")
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stderr).into_owned());
+        match configured {
+            Ok(text) if text.contains("--with-stream=dynamic") => {
+                StreamModule::Load(STREAM_MODULE.into())
+            }
+            Ok(text) if text.contains("--with-stream") => StreamModule::BuiltIn,
+            _ if Path::new(STREAM_MODULE).exists() => StreamModule::Load(STREAM_MODULE.into()),
+            _ => StreamModule::BuiltIn,
+        }
+    }
 }
 
 const STREAM_TEMPLATE: &str = include_str!("../../../nginx/stream.conf.template");
 const HTTP_TEMPLATE: &str = include_str!("../../../nginx/http.conf.template");
 
-/// Where Debian's libnginx-mod-stream (and the official nginx images) put the stream module.
+/// The nginx binary `configured` names: a path as given, or a name looked up on `PATH` and in
+/// the sbin directories.
+pub fn find_nginx(configured: &Path) -> Option<PathBuf> {
+    if configured.components().count() > 1 {
+        return configured.is_file().then(|| configured.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(configured))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Where Debian's libnginx-mod-stream puts the stream module.
 pub const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
 impl NginxConfig {
@@ -47,9 +94,15 @@ impl NginxConfig {
             );
         }
         let servers = servers.trim_end().to_owned();
-        let (template, load_module) = match self.mode {
-            NginxMode::Stream => (STREAM_TEMPLATE, format!("load_module {STREAM_MODULE};")),
-            NginxMode::Http => (HTTP_TEMPLATE, String::new()),
+        let (template, load_module) = match (self.mode, &self.stream_module) {
+            (NginxMode::Stream, StreamModule::Load(path)) => {
+                (STREAM_TEMPLATE, format!("load_module {};", path.display()))
+            }
+            (NginxMode::Stream, StreamModule::BuiltIn) => (
+                STREAM_TEMPLATE,
+                "# The stream module is compiled into this nginx: nothing to load.".to_owned(),
+            ),
+            (NginxMode::Http, _) => (HTTP_TEMPLATE, String::new()),
         };
         let proxy_protocol = if self.proxy_protocol {
             "        proxy_protocol on;"
@@ -80,7 +133,19 @@ mod tests {
             proxy_protocol: true,
             hippie_prefix: "/_hippie".into(),
             workers: 2,
+            stream_module: StreamModule::Load(STREAM_MODULE.into()),
         }
+    }
+
+    #[test]
+    fn the_stream_module_is_loaded_only_where_it_is_not_built_in() {
+        let loaded = config(NginxMode::Stream).render();
+        assert!(loaded.contains(&format!("load_module {STREAM_MODULE};")));
+        let built_in = NginxConfig {
+            stream_module: StreamModule::BuiltIn,
+            ..config(NginxMode::Stream)
+        };
+        assert!(!built_in.render().contains("load_module"));
     }
 
     #[test]

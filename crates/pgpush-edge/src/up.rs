@@ -1,12 +1,7 @@
 //! `pgpush up`: a whole local deployment — N edge nodes behind nginx on one database — started
 //! with one command and stopped cleanly with Ctrl-C.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
 
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -58,7 +53,7 @@ pub async fn up(
             .map_err(|e| UpError::Start(format!("the location demo: {e}")))?;
     }
     let workdir = tempfile::Builder::new().prefix("pgpush-up-").tempdir()?;
-    let nginx = find_nginx(&args.nginx);
+    let nginx = crate::nginx::find_nginx(&args.nginx);
     let nodes_wanted = if nginx.is_some() {
         args.nodes.max(1)
     } else {
@@ -172,6 +167,7 @@ async fn start_all(
             proxy_protocol,
             hippie_prefix: "/_hippie".into(),
             workers: args.nginx_workers,
+            stream_module: crate::nginx::StreamModule::of(nginx),
         };
         let file = workdir.join("nginx.conf");
         std::fs::write(&file, config.render())?;
@@ -347,17 +343,6 @@ async fn stop_all(owned: &mut Vec<Owned>) {
         }
     }
     owned.clear();
-}
-
-fn find_nginx(configured: &Path) -> Option<PathBuf> {
-    if configured.components().count() > 1 {
-        return configured.is_file().then(|| configured.to_path_buf());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|dir| dir.join(configured))
-        .find(|candidate| candidate.is_file())
 }
 
 fn make_world_writable(dir: &Path) -> std::io::Result<()> {
