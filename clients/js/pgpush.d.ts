@@ -6,6 +6,21 @@ export type Transport = 'websocket' | 'sse' | 'poll';
 /** Any JSON value. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
+/**
+ * `T` when `JSON.stringify` keeps it as it is: strings, numbers, booleans, null, and arrays and
+ * objects of them — your own interfaces and types included. Functions, symbols, bigints and
+ * `undefined` values are not (an optional member may be left out).
+ */
+export type JsonCompatible<T> = T extends string | number | boolean | null
+  ? T
+  : T extends ((...args: never[]) => unknown) | bigint | symbol | undefined
+    ? never
+    : T extends readonly unknown[]
+      ? { [I in keyof T]: JsonCompatible<T[I]> }
+      : T extends object
+        ? { [K in keyof T]: JsonCompatible<T[K]> }
+        : never;
+
 export interface PgPushOptions {
   /** The pgpush server (or nginx in front of it); default: the page's origin. */
   url?: string | URL;
@@ -34,17 +49,20 @@ export interface PgPushOptions {
   token?: string | (() => string | Promise<string>);
 }
 
-/** A message on a subscribed channel. */
-export interface PgPushMessage {
+/**
+ * A message on a subscribed channel. `T` is what you know the payloads to be (see
+ * `PgPush<T>`); the server only promises JSON.
+ */
+export interface PgPushMessage<T = unknown> {
   channel: string;
   /** The payload: the published JSON value, or the text as a string when it was not JSON. */
-  data: Json;
+  data: T;
   /** Set on durable messages: their position; the client resumes after it. */
   cursor?: string;
 }
 
-export interface PgPushEvents {
-  message: PgPushMessage;
+export interface PgPushEvents<T = unknown> {
+  message: PgPushMessage<T>;
   /** The subscription is live on `transport`. */
   connected: { transport: Transport };
   /** The live connection ended; the client reconnects in `retryInMs`. */
@@ -68,7 +86,11 @@ export class PgPushError extends Error {
   readonly status?: number;
 }
 
-export class PgPush {
+/**
+ * A client. `T` types the `data` of the messages it receives (`new PgPush<Order>(...)`); it is
+ * your promise about the channels' payloads, not checked at run time.
+ */
+export class PgPush<T = unknown> {
   constructor(options?: PgPushOptions);
   /** `idle`, `connecting`, `connected` or `closed`. */
   readonly state: 'idle' | 'connecting' | 'connected' | 'closed';
@@ -79,16 +101,20 @@ export class PgPush {
   /** The subscribed channels. */
   readonly channels: ReadonlySet<string>;
   readonly url: URL;
-  on<E extends keyof PgPushEvents>(event: E, handler: (detail: PgPushEvents[E]) => void): () => void;
-  off<E extends keyof PgPushEvents>(event: E, handler: (detail: PgPushEvents[E]) => void): void;
+  on<E extends keyof PgPushEvents<T>>(
+    event: E,
+    handler: (detail: PgPushEvents<T>[E]) => void,
+  ): () => void;
+  off<E extends keyof PgPushEvents<T>>(event: E, handler: (detail: PgPushEvents<T>[E]) => void): void;
   connect(): void;
   close(): void;
   subscribe(channels: string | string[]): void;
   unsubscribe(channels: string | string[]): void;
-  /** Publishes a JSON value; resolves to the event's cursor for durable publishes. */
-  publish(
+  /** Publishes a JSON value (any JSON-compatible value, your interfaces included); resolves to
+   *  the event's cursor for durable publishes. */
+  publish<D>(
     channel: string,
-    data: Json,
+    data: D & JsonCompatible<D>,
     options?: { mode?: 'durable' | 'ephemeral' },
   ): Promise<{ cursor?: string }>;
 }

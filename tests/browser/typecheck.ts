@@ -43,3 +43,31 @@ withToken.close();
 withTokenFunction.close();
 // @ts-expect-error a token is a string or a function giving one
 new PgPush({ token: 42 });
+
+// An application's own types: interfaces publish as they are, and type what it receives.
+interface Order {
+  id: number;
+  items: string[];
+  note?: string;
+  shipping: { express: boolean; at: string | null };
+}
+const order: Order = { id: 1, items: ['tea'], shipping: { express: false, at: null } };
+const orders = new PgPush<Order>({ channels: ['orders'] });
+orders.on('message', (message) => {
+  const id: number = message.data.id;
+  console.log(id, message.data.items.length);
+});
+void orders.publish('orders', order);
+client.on('message', (message) => {
+  const received = message.data as Order;
+  console.log(received.shipping.express);
+});
+interface WithCallback {
+  id: number;
+  done: () => void;
+}
+const callback: WithCallback = { id: 1, done: () => {} };
+// @ts-expect-error a member JSON cannot carry
+void orders.publish('orders', callback);
+// @ts-expect-error bigints are not JSON
+void orders.publish('orders', { n: 10n });

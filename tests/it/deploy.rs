@@ -26,8 +26,8 @@ fn docker_compose_file_is_valid() {
     );
 }
 
-#[test]
-fn the_compose_nginx_configuration_is_rendered_from_the_template() {
+/// `pgpush nginx-config` in stream mode for one upstream, as the deploy files render it.
+fn render_stream_config(node: &str) -> String {
     let output = std::process::Command::new(pgpush_binary())
         .args([
             "nginx-config",
@@ -35,20 +35,20 @@ fn the_compose_nginx_configuration_is_rendered_from_the_template() {
             "stream",
             "--listen",
             "0.0.0.0:8080",
-            "--node",
-            "edge:8080",
-            "--prefix",
-            "/tmp",
-            "--proxy-protocol",
-            "--stream-module",
-            "built-in",
         ])
+        .args(["--node", node, "--prefix", "/tmp", "--proxy-protocol"])
+        .args(["--stream-module", "built-in"])
         .output()
         .unwrap();
     assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn the_compose_nginx_configuration_is_rendered_from_the_template() {
     let committed = std::fs::read_to_string(workspace().join("deploy/nginx-compose.conf")).unwrap();
     assert_eq!(
-        String::from_utf8(output.stdout).unwrap(),
+        render_stream_config("edge:8080"),
         committed,
         "deploy/nginx-compose.conf is stale: render it again (see docker-compose.yml)"
     );
@@ -203,27 +203,8 @@ fn the_kubernetes_nginx_configuration_is_rendered_from_the_template_and_starts()
         embedded.push_str(line.strip_prefix("    ").unwrap_or(line));
         embedded.push('\n');
     }
-    let rendered = std::process::Command::new(pgpush_binary())
-        .args([
-            "nginx-config",
-            "--mode",
-            "stream",
-            "--listen",
-            "0.0.0.0:8080",
-        ])
-        .args([
-            "--node",
-            "pgpush-edge:8080",
-            "--prefix",
-            "/tmp",
-            "--proxy-protocol",
-        ])
-        .args(["--stream-module", "built-in"])
-        .output()
-        .unwrap();
-    assert!(rendered.status.success());
     assert_eq!(
-        String::from_utf8(rendered.stdout).unwrap(),
+        render_stream_config("pgpush-edge:8080"),
         embedded,
         "the ConfigMap in deploy/kubernetes/pgpush.yaml is stale: render it again (see its comment)"
     );

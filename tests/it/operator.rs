@@ -197,8 +197,11 @@ async fn a_node_without_durable_channels_needs_no_schema_and_serves_notify_every
         ..EdgeOptions::default()
     };
     let edge = Edge::start_with(&pg.url(), options).await;
-    let ready = http::get(edge.address(), "/readyz").await;
-    assert_eq!(ready.status, 200, "{}", ready.text());
+    // Ready once its LISTEN connection is up, with no schema at all.
+    wait_until(SOON, "the node is ready", || async {
+        http::get(edge.address(), "/readyz").await.status == 200
+    })
+    .await;
 
     let mut ws = WsClient::connect(&edge.ws_url("/v1/ws?channel=news")).await;
     assert_eq!(ws.next_json(SOON).await["type"], "subscribed");
@@ -247,4 +250,77 @@ async fn a_node_without_durable_channels_needs_no_schema_and_serves_notify_every
         .unwrap()
         .get(0);
     assert!(!exists, "nothing created the schema");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_small_things_a_new_user_meets_first() {
+    let run = |args: &'static [&'static str]| async move {
+        let output = Command::new(pgpush_binary())
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .output()
+            .await
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code().unwrap_or(-1), text)
+    };
+    let (code, help) = run(&["--help"]).await;
+    assert_eq!(code, 0);
+    let first = help.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("PostgreSQL") && !first.contains("crate"),
+        "{first}"
+    );
+    let (code, said) = run(&["up", "--nodes", "0"]).await;
+    assert_eq!(code, 64, "{said}");
+    assert!(said.contains("--nodes"), "{said}");
+    let (_, help) = run(&["serve", "--help"]).await;
+    assert!(
+        help.contains("--max-durable-payload-bytes"),
+        "the flag the docs name"
+    );
+
+    // The old spelling of that flag still starts a node.
+    let pg = TestPostgres::start();
+    let _old_spelling = Edge::start_with(
+        &pg.url(),
+        EdgeOptions::args(&["--max-payload-bytes", "4096"]),
+    )
+    .await;
+    // `--listen localhost:<port>` is a listen address like any other.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut serve = Command::new(pgpush_binary())
+        .args(["serve", "--listen", &format!("localhost:{port}")])
+        .args(["--database-url", &pg.url(), "--migrate"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until(SOON, "the node on localhost listens", || async {
+        tokio::net::TcpStream::connect(address).await.is_ok()
+    })
+    .await;
+    // Errors are JSON everywhere: a malformed cursor on a poll too.
+    let poll = http::get(address, "/v1/poll?channel=a&cursor=garbage").await;
+    assert_eq!(poll.status, 400);
+    assert_eq!(poll.json()["error"], "bad_cursor", "{}", poll.text());
+    let _ = serve.kill().await;
+
+    // The licence the packages declare is in the repository.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    for file in ["LICENSE-MIT", "LICENSE-APACHE"] {
+        assert!(root.join(file).is_file(), "{file}");
+    }
 }

@@ -1113,3 +1113,34 @@ async fn websockets_count_against_the_connection_limits_for_as_long_as_they_are_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_nodes_numbers_need_a_token_on_the_client_port_and_probes_do_not() {
+    let pg = TestPostgres::start();
+    let edge = Edge::start_with(&pg.url(), tokens_node(&["--metrics-listen", "127.0.0.1:0"])).await;
+    let address = edge.address();
+    let (status, code) = status_and_code(address, Method::GET, "/v1/stats", &[], "").await;
+    assert_eq!((status, code.as_str()), (401, "unauthorized"));
+    // Without a metrics address, /metrics on the client port needs one too.
+    let plain = Edge::start_with(&pg.url(), tokens_node(&[])).await;
+    let (status, code) = status_and_code(plain.address(), Method::GET, "/metrics", &[], "").await;
+    assert_eq!((status, code.as_str()), (401, "unauthorized"));
+    let token = chat_token();
+    let stats = request(
+        address,
+        Method::GET,
+        &format!("/v1/stats?token={token}"),
+        &[],
+        String::new(),
+    )
+    .await;
+    assert_eq!(stats.status, 200, "{}", stats.text());
+    for path in ["/healthz", "/readyz"] {
+        let (status, _) = status_and_code(address, Method::GET, path, &[], "").await;
+        assert_eq!(status, 200, "{path} stays open for balancers");
+    }
+    // Operators' own address needs none.
+    let metrics = edge.metrics_address().expect("metrics address");
+    let stats = request(metrics, Method::GET, "/v1/stats", &[], String::new()).await;
+    assert_eq!(stats.status, 200, "{}", stats.text());
+}

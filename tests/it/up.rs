@@ -86,6 +86,11 @@ async fn up_with_the_demo_serves_through_nginx_and_stops_everything_on_ctrl_c() 
     );
     let files = field("files");
     let database = field("database");
+    assert_eq!(
+        field("shell"),
+        format!("export DATABASE_URL='{database}'"),
+        "psql \"$DATABASE_URL\" works after pasting it"
+    );
     let database_port = database
         .rsplit(':')
         .next()

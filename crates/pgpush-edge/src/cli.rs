@@ -1,12 +1,15 @@
-//! The `listen` and `notify` commands: PostgreSQL's notifications on a terminal.
+//! The `listen` and `notify` commands: PostgreSQL's notifications (and durable events) on a
+//! terminal.
 
 use std::{
     io::Write,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use pgpush_pg::{ConnectOptions, Listener, ListenerState, NotificationSink, Publisher};
+use pgpush_pg::{ConnectOptions, EventStore, Listener, ListenerState, NotificationSink, Publisher};
 use pgpush_protocol::Channel;
+use tokio::sync::Notify;
 
 use crate::config::{DatabaseArgs, DemoArgs, DemoCommand, SimulateArgs};
 use tokio_util::sync::CancellationToken;
@@ -36,10 +39,25 @@ pub enum CommandError {
 /// Prints each notification as the original C listener did.
 struct PrintSink<W> {
     out: Mutex<W>,
+    /// Woken by the sequencer's `pgpush_wake`: durable events may be waiting.
+    wake: Notify,
+    shutdown: CancellationToken,
+}
+
+impl<W: Write> PrintSink<W> {
+    fn print(&self, line: &str) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
 }
 
 impl<W: Write + Send + 'static> NotificationSink for PrintSink<W> {
     fn notification(&self, channel: &str, payload: &str, process_id: i32) {
+        if channel == crate::hub::WAKE_CHANNEL {
+            self.wake.notify_one();
+            return;
+        }
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(
             out,
@@ -49,7 +67,7 @@ impl<W: Write + Send + 'static> NotificationSink for PrintSink<W> {
     }
 
     fn connection_state(&self, state: ListenerState) {
-        if !state.is_up() {
+        if !state.is_up() && !self.shutdown.is_cancelled() {
             eprintln!("pgpush listen: connection lost, reconnecting");
         }
     }
@@ -70,12 +88,14 @@ pub async fn listen(
             reason,
         })?;
     }
-    let (listener, task) = Listener::new(options.listener(), &[]);
+    let (listener, task) = Listener::new(options.listener(), &[crate::hub::WAKE_CHANNEL]);
     let sink = Arc::new(PrintSink {
         out: Mutex::new(std::io::stdout()),
+        wake: Notify::new(),
+        shutdown: shutdown.clone(),
     });
     let confirmations: Vec<_> = channels.iter().map(|c| listener.listen(c)).collect();
-    let running = tokio::spawn(task.run(sink, shutdown.clone()));
+    let running = tokio::spawn(task.run(sink.clone(), shutdown.clone()));
     for confirmation in confirmations {
         tokio::select! {
             _ = confirmation => {}
@@ -85,8 +105,55 @@ pub async fn listen(
     if !shutdown.is_cancelled() {
         eprintln!("pgpush listen: listening on {}", channels.join(", "));
     }
+    let events = Publisher::new(options.pool(), 1)?.events();
+    follow_durable(&events, channels, &sink, &shutdown).await;
     let _ = running.await;
     Ok(())
+}
+
+/// Prints the durable events of `channels` (`pgpush.publish`, which does not NOTIFY them)
+/// from now on, after each `pgpush_wake` and every second, until `shutdown`. Without the pgpush
+/// schema there are none: it says so once and only waits.
+async fn follow_durable<W: Write + Send + 'static>(
+    events: &EventStore,
+    channels: &[String],
+    sink: &PrintSink<W>,
+    shutdown: &CancellationToken,
+) {
+    let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let mut head = match events.head().await {
+        Ok(head) => head.last_position,
+        Err(error) => {
+            if error.is_not_migrated() {
+                eprintln!("pgpush listen: no pgpush schema here, so no durable events to show");
+            } else {
+                eprintln!("pgpush listen: durable events not shown: {error}");
+            }
+            shutdown.cancelled().await;
+            return;
+        }
+    };
+    loop {
+        let mut full = false;
+        if let Ok(replay) = events.replay(&names, head, i64::MAX, 1000).await {
+            full = replay.rows.len() == 1000;
+            for row in replay.rows {
+                head = head.max(row.position);
+                sink.print(&format!(
+                    "durable event on '{}' at position {}: '{}'",
+                    row.channel, row.position, row.payload
+                ));
+            }
+        }
+        if full {
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = sink.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// `pgpush notify <channel> <payload>`: one `pg_notify`.

@@ -6,7 +6,12 @@ use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 
 /// pgpush: a real-time gateway from PostgreSQL LISTEN/NOTIFY to WebSocket and SSE clients.
 #[derive(Debug, Parser)]
-#[command(name = "pgpush", version, about)]
+#[command(
+    name = "pgpush",
+    version,
+    about = "pgpush: PostgreSQL LISTEN/NOTIFY and durable channels, pushed to browsers over \
+             WebSocket, Server-Sent Events and polling"
+)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
@@ -94,11 +99,11 @@ pub struct ProbeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     /// Where nginx (or the single node, without nginx) accepts clients.
-    #[arg(long, env = "PGPUSH_UP_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "PGPUSH_UP_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Edge nodes to run.
-    #[arg(long, env = "PGPUSH_UP_NODES", default_value_t = 3)]
-    pub nodes: usize,
+    #[arg(long, env = "PGPUSH_UP_NODES", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub nodes: u16,
     /// How nginx proxies: stream (TCP, with the PROXY protocol) or http.
     #[arg(long, env = "PGPUSH_UP_MODE", value_enum, default_value = "stream")]
     pub mode: crate::nginx::NginxMode,
@@ -129,7 +134,7 @@ pub struct NginxConfigArgs {
     #[arg(long, value_enum, default_value = "stream")]
     pub mode: crate::nginx::NginxMode,
     /// Where nginx accepts clients.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// A node's `host:port` (repeat for each; a name resolving to several addresses, as a
     /// container service does, counts for all of them).
@@ -169,7 +174,7 @@ pub struct DatabaseArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Address to accept clients on; port 0 picks a free port (printed at start).
-    #[arg(long, env = "PGPUSH_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "PGPUSH_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// Database connection.
@@ -216,7 +221,7 @@ pub struct ServeConfig {
     /// Serve `/metrics`, `/healthz`, `/readyz` and `/v1/stats` on this separate address (and not
     /// `/metrics` on the client port). It stays open through the drain, so a draining node can
     /// still be scraped, and keeps metrics off the public port.
-    #[arg(long, env = "PGPUSH_METRICS_LISTEN")]
+    #[arg(long, env = "PGPUSH_METRICS_LISTEN", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
 
     /// How often `/metrics` samples PostgreSQL's side (NOTIFY queue usage, sequencer backlog).
@@ -367,7 +372,7 @@ pub struct DurableArgs {
 
     /// Largest durable payload accepted from clients, in bytes (SQL publishers are held to the
     /// `events_payload_size` constraint of `pgpush.events`, 1 MiB unless changed).
-    #[arg(long, env = "PGPUSH_MAX_DURABLE_PAYLOAD_BYTES", default_value_t = 1 << 20)]
+    #[arg(long = "max-durable-payload-bytes", alias = "max-payload-bytes", env = "PGPUSH_MAX_DURABLE_PAYLOAD_BYTES", default_value_t = 1 << 20)]
     pub max_payload_bytes: usize,
 
     /// Delete durable events older than this (0 keeps them).
@@ -530,6 +535,21 @@ impl ServeConfig {
         config.database.database_url = Some(database_url);
         config
     }
+}
+
+/// A listen address: `ip:port`, or `host:port` with a name that resolves (`localhost:8080`),
+/// which means its first address.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    use std::net::ToSocketAddrs;
+    let mut resolved = text
+        .to_socket_addrs()
+        .map_err(|error| format!("{text:?} is not host:port ({error})"))?;
+    resolved
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
 #[cfg(test)]

@@ -123,9 +123,13 @@ pub(crate) async fn route(
             ErrorCode::NotFound,
             "metrics are served on the node's metrics address (--metrics-listen)",
         )),
-        (&Method::GET, "/healthz" | "/readyz" | "/metrics" | "/v1/stats") => {
+        // Balancers probe without tokens; the node's numbers are for token holders here (and
+        // for anyone who reaches the metrics address, which operators keep private).
+        (&Method::GET, "/healthz" | "/readyz") => {
             Ok(observe(&node, &path).unwrap_or_else(|| not_allowed(&method).into_response()))
         }
+        (&Method::GET, "/metrics" | "/v1/stats") => admit(&node, &request)
+            .map(|_| observe(&node, &path).unwrap_or_else(|| not_allowed(&method).into_response())),
         (&Method::GET, "/demo/people") => demo_people(&node).await,
         (&Method::GET, "/v1/ws") => match admit(&node, &request) {
             Ok(grant) => transport::ws::upgrade(node, conn, request, grant),

@@ -55,7 +55,7 @@ pub async fn up(
     let workdir = tempfile::Builder::new().prefix("pgpush-up-").tempdir()?;
     let nginx = crate::nginx::find_nginx(&args.nginx);
     let nodes_wanted = if nginx.is_some() {
-        args.nodes.max(1)
+        usize::from(args.nodes)
     } else {
         1
     };
@@ -201,8 +201,11 @@ async fn start_all(
             )));
         }
         lines.push(format!(
-            "pgpush is up: {} nodes behind nginx ({} mode) on http://{}",
-            addresses.len(),
+            "pgpush is up: {} behind nginx ({} mode) on http://{}",
+            match addresses.len() {
+                1 => "1 node".to_owned(),
+                n => format!("{n} nodes"),
+            },
             match args.mode {
                 NginxMode::Stream => "stream",
                 NginxMode::Http => "http",
@@ -241,6 +244,9 @@ async fn start_all(
     }
     lines.push(format!("  Hippie      {base}/_hippie/stats"));
     lines.push(format!("  database    {database_url}"));
+    lines.push(format!(
+        "  shell       export DATABASE_URL='{database_url}'"
+    ));
     lines.push(format!("  files       {}", workdir.display()));
     Ok(lines.join("\n"))
 }
