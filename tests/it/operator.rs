@@ -126,14 +126,15 @@ async fn a_node_before_the_migration_is_not_ready_says_why_once_and_becomes_read
         ..EdgeOptions::default()
     };
     let edge = Edge::start_with(&pg.url(), options).await;
-    let ready = http::get(edge.address(), "/readyz").await;
-    assert_eq!(ready.status, 503, "{}", ready.text());
-    assert!(
-        ready.json()["reason"]
-            .as_str()
-            .unwrap()
-            .contains("pgpush migrate")
-    );
+    // The schema check runs once the LISTEN connection is up; until then the reason is that.
+    wait_until(SOON, "not ready because of the missing schema", || async {
+        let ready = http::get(edge.address(), "/readyz").await;
+        ready.status == 503
+            && ready.json()["reason"]
+                .as_str()
+                .is_some_and(|reason| reason.contains("pgpush migrate"))
+    })
+    .await;
 
     // Plain NOTIFY works meanwhile, on the native and the Hippie routes, without delay: a
     // NOTIFY 300 ms after the MXHR request reaches it.
