@@ -470,7 +470,7 @@ async fn logs_are_json_lines_with_pgpush_log_format_json() {
         .find(|r| r["fields"]["message"] == "pgpush listening")
         .unwrap_or_else(|| panic!("no listening record in:\n{log}"));
     assert_eq!(listening["level"], "INFO");
-    assert_eq!(listening["target"], "pgpush_edge::node");
+    assert_eq!(listening["target"], "pgpush_edge::app");
     assert!(listening["timestamp"].is_string());
     // RUST_LOG sets the level: at warn, the info line is not written.
     assert!(

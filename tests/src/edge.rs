@@ -237,7 +237,7 @@ impl Edge {
 pub fn pgpush_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
-        .get_or_init(|| workspace_binary("pgpush-edge", "pgpush"))
+        .get_or_init(|| workspace_binary("pgpush", "pgpush"))
         .clone()
 }
 

@@ -4,23 +4,22 @@
 
 use std::sync::OnceLock;
 
-use clap::Parser;
-
-use crate::{
-    auth::Admission,
-    config::{Cli, CliCommand},
-};
+use crate::{admission::Admission, settings::AdmissionSettings};
 
 /// A PROXY protocol v1/v2 header at the start of a connection.
 pub fn proxy_header(data: &[u8]) {
-    let _ = crate::proxy_protocol::parse(data);
+    let _ = crate::http::proxy_protocol::parse(data);
 }
 
 /// A token from `Authorization: Bearer` or `?token=`, checked by a node with an HS256 secret.
 pub fn token(data: &str) {
     static ADMISSION: OnceLock<Admission> = OnceLock::new();
     let admission = ADMISSION.get_or_init(|| {
-        Admission::new(&security(&["--jwt-secret", "fuzzing secret"])).expect("tokens configured")
+        let settings = AdmissionSettings {
+            jwt_secret: Some("fuzzing secret".to_owned()),
+            ..open_settings()
+        };
+        Admission::new(&settings).expect("tokens configured")
     });
     let _ = admission.admit(&http::HeaderMap::new(), Some(data));
     if let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {data}")) {
@@ -33,7 +32,7 @@ pub fn token(data: &str) {
 /// A query string or form body: every `channel=` checked as a client's subscription.
 pub fn query(data: &[u8]) {
     static ADMISSION: OnceLock<Admission> = OnceLock::new();
-    let admission = ADMISSION.get_or_init(|| Admission::new(&security(&[])).expect("no tokens"));
+    let admission = ADMISSION.get_or_init(|| Admission::new(&open_settings()).expect("no tokens"));
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -43,7 +42,7 @@ pub fn query(data: &[u8]) {
     ) {
         for (name, value) in pairs {
             if name == "channel" {
-                let _ = grant.channel(crate::policy::Action::Subscribe, &value);
+                let _ = grant.channel(crate::admission::policy::Action::Subscribe, &value);
             }
         }
     }
@@ -63,12 +62,12 @@ pub fn forwarded_for(data: &[u8]) {
     }
 }
 
-/// The security settings of `pgpush serve` with these extra arguments.
-fn security(args: &[&str]) -> crate::config::SecurityArgs {
-    let cli = Cli::try_parse_from(["pgpush", "serve"].iter().chain(args))
-        .expect("fuzzing configuration parses");
-    let CliCommand::Serve(config) = cli.command else {
-        unreachable!("a serve command")
-    };
-    config.security
+/// The admission settings of a node started with the defaults: every channel, any origin.
+fn open_settings() -> AdmissionSettings {
+    AdmissionSettings {
+        jwt_leeway: std::time::Duration::from_secs(30),
+        subscribe_allow: vec!["*".to_owned()],
+        publish_allow: vec!["*".to_owned()],
+        ..AdmissionSettings::default()
+    }
 }

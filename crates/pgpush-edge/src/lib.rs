@@ -1,31 +1,20 @@
-//! The pgpush edge node: the hub, the client transports, the HTTP server and the commands.
-//!
-//! `main.rs` only parses configuration and calls into this library, so tests and the binary
-//! run the same code.
+//! The pgpush edge node as a library: the core (hub, queues, durable channels), the client
+//! transports, the Hippie routes, admission and operations, assembled by `app`. The `pgpush`
+//! binary parses its flags into [`settings`] and calls [`run`]; tests run that binary.
 
-mod assets;
-mod auth;
-pub mod cli;
-pub mod config;
-mod drain;
-mod durable;
+mod admission;
+mod app;
+pub mod core;
+pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hippie;
-mod http;
-pub mod hub;
-mod limits;
-mod metrics;
-pub mod nginx;
-mod node;
-mod policy;
-mod proxy_protocol;
-mod publish;
-mod resume;
-mod server;
-pub mod stats;
-pub mod telemetry;
+pub mod http;
+pub mod ops;
+mod services;
+pub mod settings;
 mod transport;
-pub mod up;
 
-pub use node::{Bound, Node, StartError, migrate, run};
+pub use self::core::hub::WAKE_CHANNEL;
+pub use admission::AuthSetupError;
+pub use app::{Bound, Extension, ExtensionFuture, StartError, migrate, run};

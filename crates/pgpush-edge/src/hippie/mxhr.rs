@@ -3,7 +3,7 @@
 use std::{collections::VecDeque, sync::Arc};
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Response, header};
 use http_body_util::BodyExt;
 use pgpush_protocol::{
     Channel, Message,
@@ -11,39 +11,35 @@ use pgpush_protocol::{
 };
 
 use crate::{
-    Node,
     hippie::{
-        CreatedOver, HippieResult, RequestInfo, checked_client_id, epoch_seconds, new_client_id,
-        no_cache, open_error_status, refuse,
+        CreatedOver, Hippie, HippieResult, RequestInfo, checked_client_id, epoch_seconds,
+        new_client_id, no_cache,
     },
     http::ConnInfo,
-    stats::Transport,
-    transport::stream_body::{StreamBody, StreamEnds, StreamFormat},
+    ops::stats::Transport,
+    transport::{
+        ends::{Ending, Ends},
+        stream_body::{StreamBody, StreamFormat},
+    },
 };
 
 pub(crate) async fn open(
-    node: Arc<Node>,
+    hippie: Arc<Hippie>,
     conn: Arc<ConnInfo>,
     channel: Channel,
     info: RequestInfo,
 ) -> HippieResult {
-    let Some(hippie) = node.hippie.as_ref() else {
-        return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
-    };
+    let services = &hippie.services;
     let client_id = match info.client_id.clone() {
-        Some(id) => match checked_client_id(&id) {
-            Ok(()) => id,
-            Err(refused) => return Err(refused),
-        },
+        Some(id) => {
+            checked_client_id(&id)?;
+            id
+        }
         None => new_client_id(),
     };
-    let attachment = match hippie
-        .open_queue(&node, &channel, &client_id, &info, CreatedOver::Stream)
-        .await
-    {
-        Ok(attachment) => attachment,
-        Err(error) => return Err(refuse(open_error_status(&error), error.to_string())),
-    };
+    let attachment = hippie
+        .open_queue(&channel, &client_id, &info, CreatedOver::Stream)
+        .await?;
     let mut reader = attachment.read(conn.kill.clone(), true).await;
     attachment.take_fresh();
     let boundary = hippie.boundary.clone();
@@ -53,7 +49,7 @@ pub(crate) async fn open(
         mxhr_part(&set_client_id_message(attachment.client_id()), &boundary),
     ];
     let queued = reader.drain();
-    node.stats.delivered(queued.len());
+    services.stats.delivered(queued.len());
     first.extend(queued.iter().map(|m| m.mxhr_part(&boundary).clone()));
     first.extend(
         reader
@@ -61,25 +57,20 @@ pub(crate) async fn open(
             .iter()
             .map(|notice| mxhr_part(notice, &boundary)),
     );
-    let superseded = attachment.superseded().clone();
-    let guard = node.stats.connection(Transport::Mxhr);
+    let ends =
+        Ends::new(services, &conn, info.grant.expires()).or_superseded(attachment.superseded());
+    let guard = services.stats.connection(Transport::Mxhr);
     let body = StreamBody::new(
         MxhrFormat {
             boundary: boundary.clone(),
         },
         Box::new(reader),
         Box::new((attachment, guard)),
-        node.stats.clone(),
-        first,
-        None,
-        Some(node.hippie_keepalive.subscribe()),
-        StreamEnds {
-            drain: Box::pin(node.drain.slot().clone().cancelled_owned()),
-            kill: conn.kill.clone(),
-            superseded: Some(superseded),
-            expires: info.grant.expires(),
-        },
-    );
+        services.stats.clone(),
+        ends,
+    )
+    .starting_with(first)
+    .keepalive(hippie.keepalive.subscribe());
     let mut response = Response::new(body.boxed_unsync());
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&format!("multipart/mixed; boundary=\"{boundary}\"")) {
@@ -104,18 +95,18 @@ impl StreamFormat for MxhrFormat {
         mxhr_part(&ping_message(epoch_seconds()), &self.boundary)
     }
 
-    /// The original never closes the stream; on shutdown it just ends and the client reconnects.
-    fn shutdown(&self) -> Option<Bytes> {
-        None
-    }
-
-    fn overflow(&self) -> Option<Bytes> {
-        Some(mxhr_part(
-            &error_message(
-                "slow_consumer",
-                "queue overflowed; reconnect with your client_id",
-            ),
-            &self.boundary,
-        ))
+    /// The original never closes the stream: on shutdown it just ends and the client
+    /// reconnects. Only a slow client is told why.
+    fn last_words(&self, ending: Ending) -> Option<Bytes> {
+        match ending {
+            Ending::SlowConsumer => Some(mxhr_part(
+                &error_message(
+                    "slow_consumer",
+                    "queue overflowed; reconnect with your client_id",
+                ),
+                &self.boundary,
+            )),
+            Ending::Draining | Ending::Superseded | Ending::TokenExpired => None,
+        }
     }
 }

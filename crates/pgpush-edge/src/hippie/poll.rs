@@ -10,40 +10,33 @@ use pgpush_protocol::{
 };
 
 use crate::{
-    Node,
     hippie::{
-        CreatedOver, HippieResult, RequestInfo, checked_client_id, new_client_id, no_cache,
-        open_error_status, refuse,
+        CreatedOver, Hippie, HippieResult, RequestInfo, checked_client_id, new_client_id, no_cache,
     },
     http::{Body, ConnInfo, full, json},
-    stats::Transport,
+    ops::stats::Transport,
+    transport::ends::Ends,
 };
 
 /// Most messages one poll answers with.
 const MAX_BATCH: usize = 1024;
 
 pub(crate) async fn handle(
-    node: Arc<Node>,
+    hippie: Arc<Hippie>,
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
     channel: Channel,
     info: RequestInfo,
 ) -> HippieResult {
-    let Some(hippie) = node.hippie.as_ref() else {
-        return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
-    };
     let Some(client_id) = info.client_id.clone() else {
-        return Ok(redirect_with_new_id(&node, &request));
+        return Ok(redirect_with_new_id(&hippie, &request));
     };
     checked_client_id(&client_id)?;
-    let attachment = match hippie
-        .open_queue(&node, &channel, &client_id, &info, CreatedOver::Stream)
-        .await
-    {
-        Ok(attachment) => attachment,
-        Err(error) => return Err(refuse(open_error_status(&error), error.to_string())),
-    };
-    let _guard = node.stats.connection(Transport::Poll);
+    let attachment = hippie
+        .open_queue(&channel, &client_id, &info, CreatedOver::Stream)
+        .await?;
+    let stats = &hippie.services.stats;
+    let _guard = stats.connection(Transport::Poll);
     let mut reader = attachment.read(conn.kill.clone(), false).await;
     let mut messages = Vec::new();
     if attachment.take_fresh() {
@@ -51,19 +44,20 @@ pub(crate) async fn handle(
     }
     let mut queued = reader.drain();
     if messages.is_empty() && queued.is_empty() {
-        // Hold until something arrives, a newer poll takes over, or the hold time passes.
+        // Hold until something arrives, the hold time passes, or the connection ends (a newer
+        // poll takes over, the node drains): any of them answers with what there is.
+        let ends = Ends::new(&hippie.services, &conn, info.grant.expires())
+            .or_superseded(attachment.superseded());
         let mut batch = Vec::new();
         tokio::select! {
             _ = reader.inbox().recv_many(&mut batch, MAX_BATCH) => {}
-            _ = attachment.superseded().cancelled() => {}
-            _ = node.shutdown.cancelled() => {}
-            _ = conn.kill.cancelled() => {}
+            _ = ends.wait() => {}
             _ = tokio::time::sleep(hippie.config.poll_hold) => {}
         }
         queued = batch;
         queued.extend(reader.drain());
     }
-    node.stats.delivered(queued.len());
+    stats.delivered(queued.len());
     messages.extend(queued.iter().map(|m| m.hippie_json().clone()));
     messages.extend(reader.notices());
     let mut response = json(
@@ -75,14 +69,14 @@ pub(crate) async fn handle(
 }
 
 /// No client_id: `302` to the same path with `?client_id=<new>` (no queue yet).
-fn redirect_with_new_id(node: &Node, request: &Request<Incoming>) -> Response<Body> {
+fn redirect_with_new_id(hippie: &Hippie, request: &Request<Incoming>) -> Response<Body> {
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| node.node_id.clone());
+        .unwrap_or_else(|| hippie.node_id.clone());
     let location = format!(
         "http://{host}{}?client_id={}",
         request.uri().path(),

@@ -8,23 +8,22 @@ use hyper::body::Incoming;
 use pgpush_protocol::{Channel, ErrorCode, PublishMode, hippie::stamp};
 
 use crate::{
-    Node,
-    hippie::{HippieResult, RequestInfo, check_origin, refuse},
-    http::{ApiError, ConnInfo, query_pairs, text},
-    policy::Action,
-    publish,
-    stats::PublishVia,
+    admission::policy::Action,
+    error::ClientError,
+    hippie::{Hippie, HippieResult, RequestInfo, check_origin, refuse},
+    http::{query_pairs, text},
+    ops::stats::PublishVia,
 };
 
 /// Stamps a client's JSON object and publishes it (ephemeral, as the original did).
 pub(crate) async fn stamp_and_publish(
-    node: &Node,
+    hippie: &Hippie,
     info: &RequestInfo,
     channel: &Channel,
     message: &str,
-) -> Result<(), ApiError> {
-    let result = stamp_and_publish_in(node, info, channel, message).await;
-    node.stats.count_publish(
+) -> Result<(), ClientError> {
+    let result = stamp_and_publish_in(hippie, info, channel, message).await;
+    hippie.services.stats.count_publish(
         PublishVia::Hippie,
         Some(PublishMode::Ephemeral),
         &result.as_ref().map_err(|e| e.code),
@@ -33,37 +32,35 @@ pub(crate) async fn stamp_and_publish(
 }
 
 async fn stamp_and_publish_in(
-    node: &Node,
+    hippie: &Hippie,
     info: &RequestInfo,
     channel: &Channel,
     message: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), ClientError> {
     info.grant.check(Action::Publish, channel)?;
-    node.limits.publish_from(info.address)?;
+    let services = &hippie.services;
+    services.limits.publish_from(info.address)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let stamped = stamp(message, now, &info.address.to_string())
-        .map_err(|error| ApiError::new(ErrorCode::BadPayload, error.to_string()))?;
-    publish::publish(node, channel, &stamped, PublishMode::Ephemeral, None, None).await?;
-    if let Some(hippie) = &node.hippie {
-        hippie.events_published.fetch_add(1, Ordering::Relaxed);
-    }
+        .map_err(|error| ClientError::new(ErrorCode::BadPayload, error.to_string()))?;
+    services
+        .publishing
+        .publish(channel, &stamped, PublishMode::Ephemeral, None, None)
+        .await?;
+    hippie.events_published.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
 pub(crate) async fn handle(
-    node: Arc<Node>,
-    _conn: Arc<ConnInfo>,
+    hippie: Arc<Hippie>,
     request: Request<Incoming>,
     channel: Channel,
     info: RequestInfo,
 ) -> HippieResult {
-    let Some(hippie) = node.hippie.as_ref() else {
-        return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
-    };
-    check_origin(hippie, request.headers())?;
+    check_origin(&hippie, request.headers())?;
     let query: Vec<(String, String)> = query_pairs(&request)
         .into_iter()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -75,22 +72,22 @@ pub(crate) async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     if request.method() == Method::POST {
-        let limit = node.config.max_message_bytes;
+        let limit = hippie.services.lifetimes.settings.max_message_bytes;
         let body = match Limited::new(request.into_body(), limit).collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => {
                 return Err(refuse(
-                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::TooLarge,
                     format!("Body is over {limit} bytes"),
                 ));
             }
         };
         if is_form || !body.is_empty() {
             let text = std::str::from_utf8(&body)
-                .map_err(|_| refuse(StatusCode::BAD_REQUEST, "form body is not UTF-8"))?;
+                .map_err(|_| refuse(ErrorCode::BadRequest, "form body is not UTF-8"))?;
             form = pgpush_protocol::query_pairs(text).map_err(|(name, error)| {
                 refuse(
-                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
                     format!("form field {name:?}: {error}"),
                 )
             })?;
@@ -109,22 +106,16 @@ pub(crate) async fn handle(
             .is_some_and(|id| hippie.registry.contains(&channel, id))
     {
         return Err(refuse(
-            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
             "a client_id of a live client is required to publish",
         ));
     }
     let Some(message) = find(&form, "message").or_else(|| find(&query, "message")) else {
-        return Err(refuse(StatusCode::BAD_REQUEST, "message is required"));
+        return Err(refuse(ErrorCode::BadRequest, "message is required"));
     };
-    match stamp_and_publish(&node, &info, &channel, &message).await {
-        Ok(()) => Ok(text(
-            StatusCode::OK,
-            format!("Event published on {channel}"),
-        )),
-        Err(error) => {
-            let status =
-                StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-            Err(refuse(status, error.reason))
-        }
-    }
+    stamp_and_publish(&hippie, &info, &channel, &message).await?;
+    Ok(text(
+        StatusCode::OK,
+        format!("Event published on {channel}"),
+    ))
 }

@@ -13,6 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use pgpush_pg::HippiePosition;
 use pgpush_protocol::{
     Channel, CursorPoint, ErrorCode, Message, ResetReason, hippie::error_message,
@@ -22,9 +23,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
-    durable::{Durable, Replayed},
-    hub::{Hub, Inbox, Outbox, QueueLimits, Replay, SubscribeError},
-    limits::PerAddress,
+    admission::limits::PerAddress,
+    core::{
+        durable::Durable,
+        hub::{Hub, Replay, SubscribeError},
+        queue::{Inbox, Outbox},
+        replay::{self, ReplayBatch},
+    },
+    settings::{HippieSettings, QueueLimits},
+    transport::stream_body::InboxSource,
 };
 
 /// Why a queue could not be opened.
@@ -112,21 +119,15 @@ struct Attachments {
 }
 
 impl Registry {
-    pub(crate) fn new(
-        hub: Arc<Hub>,
-        durable: Arc<Durable>,
-        limits: QueueLimits,
-        max_queues: usize,
-        max_per_address: usize,
-    ) -> Registry {
+    pub(crate) fn new(hub: Arc<Hub>, durable: Arc<Durable>, settings: &HippieSettings) -> Registry {
         Registry {
             hub,
             durable,
             queues: Mutex::new(HashMap::new()),
             per_address: Mutex::new(PerAddress::default()),
-            limits,
-            max_queues,
-            max_per_address,
+            limits: settings.queue,
+            max_queues: settings.max_queues,
+            max_per_address: settings.max_queues_per_address,
             created: AtomicU64::new(0),
         }
     }
@@ -168,7 +169,6 @@ impl Registry {
         client_id: &str,
         address: IpAddr,
         window: Duration,
-        subscribe_timeout: Duration,
     ) -> Result<Attachment, OpenError> {
         let key: Key = (channel.clone(), Arc::from(client_id));
         // Looked up (or created) and attached under the registry lock, so the reaper never
@@ -216,7 +216,7 @@ impl Registry {
         let queue = attachment.queue.clone();
         let subscribed = queue
             .subscribed
-            .get_or_try_init(|| self.subscribe(&queue, subscribe_timeout))
+            .get_or_try_init(|| self.subscribe(&queue))
             .await;
         if let Err(error) = subscribed {
             drop(attachment);
@@ -236,11 +236,7 @@ impl Registry {
     /// Subscribes a new queue. If the client was somewhere before (its position is stored), the
     /// durable messages since then are put in the backlog first, so nothing is lost when its
     /// node died; otherwise it starts at the head.
-    async fn subscribe(
-        &self,
-        queue: &ClientQueue,
-        timeout: Duration,
-    ) -> Result<(), SubscribeError> {
+    async fn subscribe(&self, queue: &ClientQueue) -> Result<(), SubscribeError> {
         let mut since = None;
         if self.durable.wait_started(Duration::from_secs(1)).await {
             match self
@@ -261,12 +257,7 @@ impl Registry {
         }
         let subscription = self
             .hub
-            .subscribe(
-                &queue.outbox,
-                std::slice::from_ref(&queue.channel),
-                since,
-                timeout,
-            )
+            .subscribe(&queue.outbox, std::slice::from_ref(&queue.channel), since)
             .await?;
         let lost = matches!(subscription.replay, Replay::Lost);
         let start = match since {
@@ -282,32 +273,21 @@ impl Registry {
             self.durable.count_reset(reason);
             *queue.reset.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
         };
-        match subscription.replay {
-            Replay::Nothing => {}
-            Replay::Lost => reset(ResetReason::HistoryChanged),
-            Replay::Memory(messages) => backlog.extend(messages),
-            Replay::Database { after, upto } => {
-                let channels = std::slice::from_ref(&queue.channel);
-                let mut from = after;
-                while backlog.len() < self.limits.messages {
-                    match self.durable.replay_chunk(channels, from, upto).await {
-                        Ok(Replayed::Messages { messages, more }) => {
-                            from = messages.last().and_then(|m| m.position()).unwrap_or(upto);
-                            backlog.extend(messages);
-                            if !more {
-                                break;
-                            }
-                        }
-                        Ok(Replayed::Expired) => {
-                            reset(ResetReason::Expired);
-                            break;
-                        }
-                        Err(error) => {
-                            warn!(reason = %error.reason, "Hippie replay failed; the client resets");
-                            reset(ResetReason::Expired);
-                            break;
-                        }
-                    }
+        let batches = replay::batches(
+            self.durable.clone(),
+            vec![queue.channel.clone()],
+            subscription.replay,
+        );
+        let mut batches = std::pin::pin!(batches);
+        while backlog.len() < self.limits.messages {
+            match batches.next().await {
+                None => break,
+                Some(Ok(ReplayBatch::Messages(messages))) => backlog.extend(messages),
+                Some(Ok(ReplayBatch::Reset(reason))) => reset(reason),
+                Some(Err(error)) => {
+                    warn!(reason = %error.reason, "Hippie replay failed; the client resets");
+                    reset(ResetReason::Expired);
+                    break;
                 }
             }
         }
@@ -545,7 +525,7 @@ impl Reader {
     }
 }
 
-impl crate::transport::stream_body::InboxSource for Reader {
+impl InboxSource for Reader {
     fn inbox(&mut self) -> &mut Inbox {
         &mut self.inbox
     }
@@ -555,5 +535,114 @@ impl Drop for Reader {
     fn drop(&mut self) {
         self.queue.outbox.set_kill(None);
         self.queue.streaming.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{core::tests::hub_with, ops::stats::Stats, settings::DurableSettings};
+
+    /// A registry on a hub with a fake LISTEN set, without durable channels (no database).
+    async fn registry(max_per_address: usize) -> Registry {
+        let (hub, _) = hub_with(16, 16);
+        let pool = pgpush_pg::ConnectOptions::parse("postgres://nobody@127.0.0.1:1/none")
+            .unwrap()
+            .pool();
+        let store = pgpush_pg::Publisher::new(pool, 1).unwrap().events();
+        let settings = DurableSettings {
+            enabled: false,
+            catch_up_interval: Duration::from_secs(1),
+            max_payload_bytes: 1024,
+            idempotency_window: Duration::from_secs(1),
+        };
+        let durable = Arc::new(Durable::new(
+            store,
+            hub.clone(),
+            Arc::new(Stats::default()),
+            &settings,
+        ));
+        durable.clone().run(CancellationToken::new()).await;
+        Registry {
+            hub,
+            durable,
+            queues: Mutex::new(HashMap::new()),
+            per_address: Mutex::new(PerAddress::default()),
+            limits: QueueLimits {
+                messages: 8,
+                bytes: 1 << 20,
+            },
+            max_queues: 100,
+            max_per_address,
+            created: AtomicU64::new(0),
+        }
+    }
+
+    const WINDOW: Duration = Duration::from_millis(30);
+
+    fn address() -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))
+    }
+
+    #[tokio::test]
+    async fn a_queue_outlives_its_connection_for_its_window_and_a_reattach_keeps_it() {
+        let registry = registry(10).await;
+        let chat = Channel::new("chat").unwrap();
+        let attachment = registry
+            .attach(&chat, "c1", address(), WINDOW)
+            .await
+            .unwrap();
+        tokio::time::sleep(WINDOW * 2).await;
+        registry.reap();
+        assert_eq!(registry.len(), 1, "an attached queue is never reaped");
+        drop(attachment);
+        registry.reap();
+        assert_eq!(
+            registry.len(),
+            1,
+            "kept for the window after its connection left"
+        );
+
+        tokio::time::sleep(WINDOW * 2).await;
+        // The client comes back just before the reaper runs: it gets its own queue back.
+        let again = registry
+            .attach(&chat, "c1", address(), WINDOW)
+            .await
+            .unwrap();
+        registry.reap();
+        assert_eq!((registry.len(), registry.created()), (1, 1));
+        drop(again);
+        tokio::time::sleep(WINDOW * 2).await;
+        registry.reap();
+        assert_eq!(
+            registry.len(),
+            0,
+            "reaped once the window passed with nobody attached"
+        );
+        // Its address's count went with it.
+        let _fresh = registry
+            .attach(&chat, "c2", address(), WINDOW)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_newer_connection_supersedes_the_older_and_addresses_are_limited() {
+        let registry = registry(1).await;
+        let chat = Channel::new("chat").unwrap();
+        let older = registry
+            .attach(&chat, "c1", address(), WINDOW)
+            .await
+            .unwrap();
+        let newer = registry
+            .attach(&chat, "c1", address(), WINDOW)
+            .await
+            .unwrap();
+        assert!(older.superseded().is_cancelled());
+        assert!(!newer.superseded().is_cancelled());
+        let refused = registry.attach(&chat, "c2", address(), WINDOW).await;
+        assert!(matches!(refused, Err(OpenError::TooManyFromAddress)));
     }
 }

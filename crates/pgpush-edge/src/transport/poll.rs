@@ -8,12 +8,16 @@ use hyper::body::Incoming;
 use pgpush_protocol::{ErrorCode, Message, ResetReason, poll_reply};
 
 use crate::{
-    Node,
-    http::{ApiError, Body, ConnInfo, json, query_channels, query_pairs},
-    hub::Session,
-    policy::Grant,
-    resume::{self, ReplayBatch},
-    stats::Transport,
+    admission::policy::Grant,
+    core::{
+        replay::{self, ReplayBatch},
+        session::Session,
+    },
+    error::ClientError,
+    http::{Body, ConnInfo, json, query_channels, query_pairs},
+    ops::stats::Transport,
+    services::Services,
+    transport::ends::Ends,
 };
 
 /// Longest hold, and the default.
@@ -25,15 +29,15 @@ const MAX_MESSAGES: usize = 1000;
 /// once; with one, what came after it (from memory or the events table), or, when nothing did,
 /// whatever arrives within `wait` seconds (`wait=0`: interval polling).
 pub(crate) async fn poll(
-    node: Arc<Node>,
+    services: Arc<Services>,
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
     grant: Grant,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, ClientError> {
     let pairs = query_pairs(&request);
-    let channels = query_channels(&node, &pairs, &grant)?;
+    let channels = query_channels(&services.limits, &pairs, &grant)?;
     if channels.is_empty() {
-        return Err(ApiError::new(
+        return Err(ClientError::new(
             ErrorCode::BadRequest,
             "poll at least one channel: /v1/poll?channel=<name>",
         ));
@@ -52,7 +56,7 @@ pub(crate) async fn poll(
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| Duration::from_secs_f64(s).min(MAX_WAIT))
             .ok_or_else(|| {
-                ApiError::new(
+                ClientError::new(
                     ErrorCode::BadRequest,
                     "wait must be a number of seconds from 0 to 25",
                 )
@@ -61,47 +65,48 @@ pub(crate) async fn poll(
     let cursor = value("cursor");
     // First poll: where to start from (a node that just started reads the head first). Without
     // durable channels (turned off, no schema yet) there is no cursor: it is held like any poll.
-    if cursor.is_none() && node.durable.wait_started(Duration::from_secs(5)).await {
-        let current = node
-            .durable
-            .head()
-            .and_then(|head| node.durable.cursor(head));
+    let durable = &services.durable;
+    if cursor.is_none() && durable.wait_started(Duration::from_secs(5)).await {
+        let current = durable.head().and_then(|head| durable.cursor(head));
         return Ok(reply(&[], current.as_deref(), None));
     }
-    let _guard = node.stats.connection(Transport::Poll);
-    let (outbox, mut inbox) = node.hub.outbox(Some(conn.kill.clone()));
-    let mut session = Session::new(node.hub.clone(), outbox);
-    let resumed = resume::subscribe(&node, &mut session, &channels, cursor.as_deref()).await?;
-    let registered = resumed.cursor(&node.durable);
-    let mut replay = std::pin::pin!(resume::batches(
-        node.durable.clone(),
+    let stats = &services.stats;
+    let _guard = stats.connection(Transport::Poll);
+    let (outbox, mut inbox) = services.hub.outbox(Some(conn.kill.clone()));
+    let mut session = Session::new(services.hub.clone(), outbox);
+    let subscription =
+        replay::subscribe(durable, &mut session, &channels, cursor.as_deref()).await?;
+    let registered = subscription.cursor.and_then(|point| durable.encode(point));
+    let mut replay = std::pin::pin!(replay::batches(
+        durable.clone(),
         channels.clone(),
-        resumed.replay
+        subscription.replay
     ));
     match replay.next().await {
         Some(Ok(ReplayBatch::Reset(reason))) => {
-            node.stats.count_resets(reason, 1);
+            stats.count_resets(reason, 1);
             return Ok(reply(&[], registered.as_deref(), Some(reason)));
         }
         Some(Ok(ReplayBatch::Messages(mut messages))) => {
             // A long replay comes in pages: the cursor of the last message sent is where the
             // next poll continues.
             messages.truncate(MAX_MESSAGES);
-            node.stats.delivered(messages.len());
+            stats.delivered(messages.len());
             let cursor = last_cursor(&messages).or(registered.as_deref());
             return Ok(reply(&messages, cursor, None));
         }
         Some(Err(error)) => return Err(error),
         None => {}
     }
-    // Up to date: hold until something arrives.
+    // Up to date: hold until something arrives, the wait passes or the connection ends (any
+    // ending answers with what there is).
     let mut messages = Vec::new();
     if !wait.is_zero() {
+        let ends = Ends::new(&services, &conn, grant.expires());
         tokio::select! {
             _ = inbox.recv_many(&mut messages, MAX_MESSAGES) => {}
             _ = tokio::time::sleep(wait) => {}
-            _ = node.shutdown.cancelled() => {}
-            _ = conn.kill.cancelled() => {}
+            _ = ends.wait() => {}
         }
     }
     let room = MAX_MESSAGES.saturating_sub(messages.len());
@@ -115,7 +120,7 @@ pub(crate) async fn poll(
     }
     let cursor = last_cursor(&messages).map(str::to_owned).or(registered);
     messages.retain(|m| m.reset_reason().is_none());
-    node.stats.delivered(messages.len());
+    stats.delivered(messages.len());
     Ok(reply(&messages, cursor.as_deref(), reset))
 }
 

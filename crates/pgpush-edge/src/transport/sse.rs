@@ -11,13 +11,19 @@ use pgpush_protocol::{ErrorCode, Message, ServerFrame, sse};
 use futures_util::{StreamExt, stream};
 
 use crate::{
-    Node,
-    http::{ApiError, Body, ConnInfo, query_channels, query_pairs},
-    hub::Session,
-    policy::Grant,
-    resume::{self, ReplayBatch},
-    stats::Transport,
-    transport::stream_body::{StreamBody, StreamEnds, StreamFormat},
+    admission::policy::Grant,
+    core::{
+        replay::{self, ReplayBatch},
+        session::Session,
+    },
+    error::ClientError,
+    http::{Body, ConnInfo, query_channels, query_pairs},
+    ops::stats::Transport,
+    services::Services,
+    transport::{
+        ends::{Ending, Ends},
+        stream_body::{StreamBody, StreamFormat},
+    },
 };
 
 /// What a browser waits before reconnecting when the node drains: a random time up to this,
@@ -27,15 +33,15 @@ const MAX_RETRY_MILLIS: u64 = 3000;
 /// Subscribes to the query's channels, then answers with an endless event stream whose first
 /// event, `subscribed`, says the subscription is live.
 pub(crate) async fn open(
-    node: Arc<Node>,
+    services: Arc<Services>,
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
     grant: Grant,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, ClientError> {
     let pairs = query_pairs(&request);
-    let channels = query_channels(&node, &pairs, &grant)?;
+    let channels = query_channels(&services.limits, &pairs, &grant)?;
     if channels.is_empty() {
-        return Err(ApiError::new(
+        return Err(ClientError::new(
             ErrorCode::BadRequest,
             "subscribe to at least one channel: /v1/sse?channel=<name>",
         ));
@@ -45,7 +51,7 @@ pub(crate) async fn open(
     let last_event_id = match request.headers().get("last-event-id") {
         None => None,
         Some(value) => Some(value.to_str().map_err(|_| {
-            ApiError::new(
+            ClientError::new(
                 ErrorCode::BadCursor,
                 "Last-Event-ID is not a cursor (not ASCII)",
             )
@@ -60,20 +66,25 @@ pub(crate) async fn open(
                 .find(|(name, _)| name == "since")
                 .map(|(_, v)| v.to_string())
         });
-    let (outbox, inbox) = node.hub.outbox(Some(conn.kill.clone()));
-    let mut session = Session::new(node.hub.clone(), outbox);
-    let resumed = resume::subscribe(&node, &mut session, &channels, cursor.as_deref()).await?;
+    let (outbox, inbox) = services.hub.outbox(Some(conn.kill.clone()));
+    let mut session = Session::new(services.hub.clone(), outbox);
+    let durable = &services.durable;
+    let subscription =
+        replay::subscribe(durable, &mut session, &channels, cursor.as_deref()).await?;
     let subscribed = ServerFrame::Subscribed {
         channels: &channels,
-        cursor: resumed.cursor(&node.durable).as_deref(),
+        cursor: subscription
+            .cursor
+            .and_then(|point| durable.encode(point))
+            .as_deref(),
     }
     .encode();
     let mut subscribed_event = Vec::new();
     sse::write_event(&mut subscribed_event, None, "subscribed", &subscribed);
 
     // The replay, then `subscribed`, then the live queue.
-    let stats = node.stats.clone();
-    let prelude = resume::batches(node.durable.clone(), channels.clone(), resumed.replay)
+    let stats = services.stats.clone();
+    let prelude = replay::batches(durable.clone(), channels.clone(), subscription.replay)
         .map(move |batch| match batch {
             Ok(ReplayBatch::Messages(messages)) => {
                 stats.delivered(messages.len());
@@ -94,28 +105,23 @@ pub(crate) async fn open(
             }
             // Live messages are queued behind the replay: end the stream rather than leave a
             // gap; the browser reconnects with its last event id.
-            Err(error) => Err(SseFormat::error_event(error.code, &error.reason)),
+            Err(error) => Err(error_event(&error)),
         })
         .chain(stream::once(
             async move { Ok(Bytes::from(subscribed_event)) },
         ));
 
-    let guard = node.stats.connection(Transport::Sse);
+    let guard = services.stats.connection(Transport::Sse);
+    let ends = Ends::new(&services, &conn, grant.expires());
     let body = StreamBody::new(
         SseFormat,
         Box::new(inbox),
         Box::new((session, guard)),
-        node.stats.clone(),
-        Vec::new(),
-        Some(Box::pin(prelude)),
-        Some(node.sse_keepalive.subscribe()),
-        StreamEnds {
-            drain: Box::pin(node.drain.slot().clone().cancelled_owned()),
-            kill: conn.kill.clone(),
-            superseded: None,
-            expires: grant.expires(),
-        },
-    );
+        services.stats.clone(),
+        ends,
+    )
+    .after(Box::pin(prelude))
+    .keepalive(services.lifetimes.sse_keepalive.subscribe());
     let mut response = Response::new(body.boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(
@@ -130,19 +136,17 @@ pub(crate) async fn open(
 
 struct SseFormat;
 
-impl SseFormat {
-    /// `event: error` with the error frame as data.
-    fn error_event(code: ErrorCode, reason: &str) -> Bytes {
-        let error = ServerFrame::Error {
-            code: code.as_str(),
-            reason,
-            reference: None,
-        }
-        .encode();
-        let mut event = Vec::new();
-        sse::write_event(&mut event, None, "error", &error);
-        Bytes::from(event)
+/// `event: error` with the error frame as data: how an error reaches an SSE client.
+fn error_event(error: &ClientError) -> Bytes {
+    let frame = ServerFrame::Error {
+        code: error.code.as_str(),
+        reason: &error.reason,
+        reference: None,
     }
+    .encode();
+    let mut event = Vec::new();
+    sse::write_event(&mut event, None, "error", &frame);
+    Bytes::from(event)
 }
 
 impl StreamFormat for SseFormat {
@@ -164,23 +168,24 @@ impl StreamFormat for SseFormat {
         Bytes::from(sse::comment("keepalive"))
     }
 
-    fn shutdown(&self) -> Option<Bytes> {
-        let mut last = sse::retry(rand::random_range(250..=MAX_RETRY_MILLIS));
-        last.extend_from_slice(&sse::comment("node draining; reconnect with Last-Event-ID"));
-        Some(Bytes::from(last))
-    }
-
-    fn overflow(&self) -> Option<Bytes> {
-        Some(SseFormat::error_event(
-            ErrorCode::SlowConsumer,
-            "queue overflowed; reconnect",
-        ))
-    }
-
-    fn expired(&self) -> Option<Bytes> {
-        Some(SseFormat::error_event(
-            ErrorCode::Unauthorized,
-            "token expired; reconnect with a fresh token",
-        ))
+    fn last_words(&self, ending: Ending) -> Option<Bytes> {
+        match ending {
+            Ending::Draining => {
+                let mut last = sse::retry(rand::random_range(250..=MAX_RETRY_MILLIS));
+                last.extend_from_slice(&sse::comment(
+                    "node draining; reconnect with Last-Event-ID",
+                ));
+                Some(Bytes::from(last))
+            }
+            Ending::SlowConsumer => Some(error_event(&ClientError::new(
+                ErrorCode::SlowConsumer,
+                "queue overflowed; reconnect",
+            ))),
+            Ending::TokenExpired => Some(error_event(&ClientError::new(
+                ErrorCode::Unauthorized,
+                "token expired; reconnect with a fresh token",
+            ))),
+            Ending::Superseded => None,
+        }
     }
 }

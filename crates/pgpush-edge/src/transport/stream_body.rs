@@ -7,13 +7,16 @@ use std::{
     task::{Context, Poll},
 };
 
+use crate::{
+    core::queue::Inbox,
+    ops::stats::Stats,
+    services::drain::Ticks,
+    transport::ends::{Ending, Ends},
+};
 use bytes::Bytes;
 use futures_util::Stream;
 use http_body::Frame;
 use pgpush_protocol::Message;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-
-use crate::{drain::Ticks, hub::Inbox, stats::Stats};
 
 /// Most messages taken from the queue per poll.
 const BATCH: usize = 256;
@@ -36,26 +39,8 @@ pub(crate) trait StreamFormat: Send + Unpin + 'static {
     fn encode(&self, batch: &[Arc<Message>], out: &mut VecDeque<Bytes>);
     /// Sent when nothing else went out for the keepalive interval.
     fn keepalive(&self) -> Bytes;
-    /// The last bytes when the node drains.
-    fn shutdown(&self) -> Option<Bytes>;
-    /// The last bytes when the client is cut off as slow.
-    fn overflow(&self) -> Option<Bytes>;
-    /// The last bytes when the client's token expires.
-    fn expired(&self) -> Option<Bytes> {
-        None
-    }
-}
-
-/// The signals that end a stream.
-pub(crate) struct StreamEnds {
-    /// The node's drain reaching this stream's slot.
-    pub(crate) drain: Pin<Box<dyn Future<Output = ()> + Send>>,
-    /// Slow-consumer cut of this connection.
-    pub(crate) kill: CancellationToken,
-    /// A newer connection took over (Hippie), if that can happen.
-    pub(crate) superseded: Option<CancellationToken>,
-    /// The client's token expiring, when it has one.
-    pub(crate) expires: Option<std::time::SystemTime>,
+    /// The last bytes when the connection ends for `ending`, if any.
+    fn last_words(&self, ending: Ending) -> Option<Bytes>;
 }
 
 /// Body chunks sent before the queue (a replay); an `Err` chunk is sent and ends the stream.
@@ -72,45 +57,50 @@ pub(crate) struct StreamBody<F: StreamFormat> {
     prelude: Option<Prelude>,
     /// The next keepalive tick (node-wide, shared by every stream).
     keepalive: Option<Pin<Box<dyn Future<Output = Ticks> + Send>>>,
-    drain: Pin<Box<dyn Future<Output = ()> + Send>>,
-    kill: Pin<Box<WaitForCancellationFutureOwned>>,
-    superseded: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    expires: Option<Pin<Box<tokio::time::Sleep>>>,
+    ends: Pin<Box<dyn Future<Output = Ending> + Send>>,
     batch: Vec<Arc<Message>>,
     finished: bool,
 }
 
 impl<F: StreamFormat> StreamBody<F> {
-    /// A body that first sends `preamble`, then what `prelude` yields, then the queue's
-    /// messages.
-    #[allow(clippy::too_many_arguments)]
+    /// A body that streams `inbox` until `ends`, keeping `holds` alive as long.
     pub(crate) fn new(
         format: F,
         inbox: Box<dyn InboxSource>,
         holds: Box<dyn Send>,
         stats: Arc<Stats>,
-        preamble: Vec<Bytes>,
-        prelude: Option<Prelude>,
-        keepalive: Option<Ticks>,
-        ends: StreamEnds,
+        ends: Ends,
     ) -> StreamBody<F> {
         StreamBody {
             format,
             inbox,
             _holds: holds,
             stats,
-            pending: preamble.into(),
-            prelude,
-            keepalive: keepalive.map(Ticks::into_tick),
-            drain: ends.drain,
-            kill: Box::pin(ends.kill.cancelled_owned()),
-            superseded: ends.superseded.map(|t| Box::pin(t.cancelled_owned())),
-            expires: ends
-                .expires
-                .map(|at| Box::pin(tokio::time::sleep_until(super::websocket::deadline(at)))),
+            pending: VecDeque::new(),
+            prelude: None,
+            keepalive: None,
+            ends: ends.into_future(),
             batch: Vec::new(),
             finished: false,
         }
+    }
+
+    /// Sends `preamble` first.
+    pub(crate) fn starting_with(mut self, preamble: Vec<Bytes>) -> StreamBody<F> {
+        self.pending = preamble.into();
+        self
+    }
+
+    /// Sends what `prelude` yields before the queue's messages.
+    pub(crate) fn after(mut self, prelude: Prelude) -> StreamBody<F> {
+        self.prelude = Some(prelude);
+        self
+    }
+
+    /// Sends the format's keepalive on every tick with nothing else to send.
+    pub(crate) fn keepalive(mut self, ticks: Ticks) -> StreamBody<F> {
+        self.keepalive = Some(ticks.into_tick());
+        self
     }
 
     fn finish(
@@ -138,23 +128,8 @@ impl<F: StreamFormat> http_body::Body for StreamBody<F> {
         if this.finished {
             return Poll::Ready(None);
         }
-        if this.drain.as_mut().poll(cx).is_ready() {
-            let last = this.format.shutdown();
-            return this.finish(last);
-        }
-        if this.kill.as_mut().poll(cx).is_ready() {
-            let last = this.format.overflow();
-            return this.finish(last);
-        }
-        if let Some(superseded) = &mut this.superseded
-            && superseded.as_mut().poll(cx).is_ready()
-        {
-            return this.finish(None);
-        }
-        if let Some(expires) = &mut this.expires
-            && expires.as_mut().poll(cx).is_ready()
-        {
-            let last = this.format.expired();
+        if let Poll::Ready(ending) = this.ends.as_mut().poll(cx) {
+            let last = this.format.last_words(ending);
             return this.finish(last);
         }
         if this.pending.is_empty()

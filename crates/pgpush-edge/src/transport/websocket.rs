@@ -1,5 +1,5 @@
 //! WebSocket plumbing shared by the native and Hippie protocols: handshake, batched writes that a
-//! slow-consumer cut or shutdown interrupts, close codes, and the connection loop.
+//! connection's end interrupts, close codes, and the connection loop.
 
 use std::{
     sync::Arc,
@@ -19,7 +19,7 @@ use tokio_tungstenite::{
         error::{CapacityError, Error as WsError},
         handshake::derive_accept_key,
         protocol::{
-            CloseFrame, Role,
+            CloseFrame, Role, WebSocketConfig,
             frame::{
                 Frame,
                 coding::{CloseCode, Data, OpCode},
@@ -27,15 +27,15 @@ use tokio_tungstenite::{
         },
     },
 };
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::{
-    Node,
-    drain::Ticks,
-    http::{ApiError, Body, ConnInfo, full},
-    hub::Inbox,
-    stats::Stats,
+    core::queue::Inbox,
+    error::ClientError,
+    http::{Body, ConnInfo, full},
+    ops::stats::Stats,
+    services::{Services, drain::Ticks},
+    transport::ends::{Ending, Ends},
 };
 
 /// Most messages written per flush.
@@ -52,57 +52,49 @@ pub(crate) enum End {
     Close(CloseCode, &'static str),
 }
 
-/// End for a client cut off because its queue overflowed.
-pub(crate) fn slow_consumer() -> End {
-    End::Close(
-        CloseCode::Again,
-        "slow consumer: queue overflowed; reconnect",
-    )
-}
-
-/// End for a node that drains: 1012, reconnect (to another node) with your cursor.
-pub(crate) fn draining() -> End {
-    End::Close(
-        CloseCode::Restart,
-        "node draining; reconnect with your cursor",
-    )
-}
-
 /// Close code for a connection whose token expired: reconnect with a fresh token.
 pub(crate) const TOKEN_EXPIRED: u16 = 4001;
 
-/// When a connection's token expires (never, without one); a fresh token sent in-band (`auth`)
-/// moves it.
-#[derive(Debug, Default)]
-pub(crate) struct Expiry(std::sync::Mutex<Option<tokio::time::Instant>>);
-
-impl Expiry {
-    /// The expiry of a token that runs out at `at` (wall clock).
-    pub(crate) fn at(at: Option<std::time::SystemTime>) -> Expiry {
-        Expiry(std::sync::Mutex::new(at.map(deadline)))
-    }
-
-    /// Moves the expiry to `at`.
-    pub(crate) fn set(&self, at: Option<std::time::SystemTime>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = at.map(deadline);
-    }
-
-    fn get(&self) -> Option<tokio::time::Instant> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+impl From<Ending> for End {
+    /// The close frame that tells the client why, and how to come back.
+    fn from(ending: Ending) -> End {
+        match ending {
+            Ending::Draining => End::Close(
+                CloseCode::Restart,
+                "node draining; reconnect with your cursor",
+            ),
+            Ending::SlowConsumer => End::Close(
+                CloseCode::Again,
+                "slow consumer: queue overflowed; reconnect",
+            ),
+            Ending::Superseded => End::Close(
+                CloseCode::Normal,
+                "another connection took over this client_id",
+            ),
+            Ending::TokenExpired => End::Close(
+                CloseCode::from(TOKEN_EXPIRED),
+                "token expired; reconnect with a fresh token",
+            ),
+        }
     }
 }
 
-/// The monotonic moment of a wall-clock deadline (a token's `exp`).
-pub(crate) fn deadline(at: std::time::SystemTime) -> tokio::time::Instant {
-    let left = at
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    tokio::time::Instant::now() + left
+/// The WebSocket settings: a small read buffer (clients send little; idle connections cost
+/// little memory), an inbound message cap, and a write buffer that coalesces a batch into few
+/// syscalls.
+fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
+    let max = max_message_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(16 * 1024 + max.max(8 << 20) * 2)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }
 
 /// Checks an RFC 6455 upgrade request and derives `Sec-WebSocket-Accept`.
-pub(crate) fn accept_key(headers: &HeaderMap) -> Result<String, ApiError> {
-    let bad = |reason: &str| ApiError::new(ErrorCode::BadRequest, reason);
+pub(crate) fn accept_key(headers: &HeaderMap) -> Result<String, ClientError> {
+    let bad = |reason: &str| ClientError::new(ErrorCode::BadRequest, reason);
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|value| {
             value
@@ -131,7 +123,7 @@ pub(crate) fn accept_key(headers: &HeaderMap) -> Result<String, ApiError> {
 /// Answers `101 Switching Protocols` and runs `serve` on the socket once hyper hands it over.
 /// Call only after [`accept_key`] succeeded.
 pub(crate) fn upgrade<F, Fut>(
-    node: &Arc<Node>,
+    services: &Services,
     conn: Arc<ConnInfo>,
     request: &mut Request<Incoming>,
     accept: String,
@@ -142,9 +134,9 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let on_upgrade = hyper::upgrade::on(request);
-    let config = node.websocket_config();
+    let config = websocket_config(services.lifetimes.settings.max_message_bytes);
     // The socket's connection permit lives as long as the WebSocket, not just its handshake.
-    node.tracker.spawn(async move {
+    services.lifetimes.tracker.spawn(async move {
         let _connection = conn;
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -180,11 +172,11 @@ impl WsIo {
         WsIo { socket }
     }
 
-    /// Writes text frames with one flush; abandoned with [`End`] when `interrupt` fires first.
+    /// Writes text frames with one flush; abandoned with [`End`] when the connection ends first.
     pub(crate) async fn write_texts(
         &mut self,
         texts: impl Iterator<Item = Bytes>,
-        interrupt: &Interrupt<'_>,
+        ends: &Ends,
     ) -> Result<(), End> {
         let socket = &mut self.socket;
         let write = async {
@@ -198,17 +190,13 @@ impl WsIo {
                 debug!(%error, "websocket write failed");
                 End::Gone
             }),
-            end = interrupt.wait() => Err(end),
+            ending = ends.wait() => Err(ending.into()),
         }
     }
 
     /// Sends one text frame.
-    pub(crate) async fn send_text(
-        &mut self,
-        text: Bytes,
-        interrupt: &Interrupt<'_>,
-    ) -> Result<(), End> {
-        self.write_texts(std::iter::once(text), interrupt).await
+    pub(crate) async fn send_text(&mut self, text: Bytes, ends: &Ends) -> Result<(), End> {
+        self.write_texts(std::iter::once(text), ends).await
     }
 
     /// Sends a close frame (bounded in time), then waits briefly for the client's close.
@@ -231,55 +219,13 @@ impl WsIo {
     }
 }
 
-/// What interrupts a connection: the node's drain reaching this connection's slot, a
-/// slow-consumer cut, and (Hippie) a newer connection taking over the client's queue.
-pub(crate) struct Interrupt<'a> {
-    /// This connection's slot of the node's drain.
-    pub(crate) drain: &'a CancellationToken,
-    pub(crate) kill: &'a CancellationToken,
-    pub(crate) superseded: Option<&'a CancellationToken>,
-    /// When the client's token expires.
-    pub(crate) expiry: &'a Expiry,
-}
-
-impl Interrupt<'_> {
-    /// Completes when any of them fires, with the end to report.
-    pub(crate) async fn wait(&self) -> End {
-        let superseded = async {
-            match self.superseded {
-                Some(token) => token.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        let expires = self.expiry.get();
-        let expired = async {
-            match expires {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = self.drain.cancelled() => draining(),
-            _ = self.kill.cancelled() => slow_consumer(),
-            _ = superseded => End::Close(CloseCode::Normal, "another connection took over this client_id"),
-            _ = expired => End::Close(CloseCode::from(TOKEN_EXPIRED), "token expired; reconnect with a fresh token"),
-        }
-    }
-}
-
 /// What distinguishes one WebSocket protocol from another.
 pub(crate) trait WsProtocol {
     /// The frame for a queued message.
     fn frame(message: &PushMessage) -> Bytes;
 
     /// Handles a text frame from the client.
-    async fn on_text(
-        &mut self,
-        io: &mut WsIo,
-        text: &str,
-        interrupt: &Interrupt<'_>,
-    ) -> Result<(), End>;
+    async fn on_text(&mut self, io: &mut WsIo, text: &str, ends: &Ends) -> Result<(), End>;
 
     /// The reply to a binary frame (the protocols speak JSON text only).
     fn binary_refused(&self) -> Bytes;
@@ -298,7 +244,7 @@ pub(crate) async fn serve<P: WsProtocol>(
     inbox: &mut Inbox,
     stats: &Stats,
     protocol: &mut P,
-    interrupt: &Interrupt<'_>,
+    ends: &Ends,
     beats: Beats,
 ) -> End {
     let Beats {
@@ -311,13 +257,13 @@ pub(crate) async fn serve<P: WsProtocol>(
     loop {
         let step = tokio::select! {
             biased;
-            end = interrupt.wait() => Err(end),
+            ending = ends.wait() => Err(ending.into()),
             received = inbox.recv_many(&mut batch, BATCH) => {
                 if received == 0 {
                     Err(End::Gone)
                 } else {
                     let count = batch.len();
-                    let result = io.write_texts(batch.drain(..).map(|m| P::frame(&m)), interrupt).await;
+                    let result = io.write_texts(batch.drain(..).map(|m| P::frame(&m)), ends).await;
                     batch.clear();
                     if result.is_ok() {
                         stats.delivered(count);
@@ -332,10 +278,10 @@ pub(crate) async fn serve<P: WsProtocol>(
                         // Boxed: a client frame is rare next to an idle connection, and this
                         // future (publish, subscribe and replay) is large; inline, every idle
                         // connection would carry its space.
-                        Message::Text(text) => Box::pin(protocol.on_text(io, text.as_str(), interrupt)).await,
+                        Message::Text(text) => Box::pin(protocol.on_text(io, text.as_str(), ends)).await,
                         Message::Binary(_) => {
                             let reply = protocol.binary_refused();
-                            io.send_text(reply, interrupt).await
+                            io.send_text(reply, ends).await
                         }
                         // tungstenite queued the pong; send it now rather than with the next message.
                         Message::Ping(_) => io.socket.flush().await.map_err(|_| End::Gone),
@@ -355,7 +301,7 @@ pub(crate) async fn serve<P: WsProtocol>(
             }
             _ = tick(&mut keepalive) => {
                 match protocol.keepalive() {
-                    Some(frame) => io.send_text(frame, interrupt).await,
+                    Some(frame) => io.send_text(frame, ends).await,
                     None => Ok(()),
                 }
             }

@@ -14,49 +14,56 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::{
-    Node,
-    http::{ApiError, Body, ConnInfo, client_address, query_channels, query_pairs},
-    hub::Session,
-    limits::Bucket,
-    policy::{Action, Grant},
-    publish,
-    resume::{self, ReplayBatch},
-    stats::{PublishVia, Transport},
-    transport::websocket::{self, Beats, End, Expiry, Interrupt, WsIo, WsProtocol},
+    admission::{
+        limits::Bucket,
+        policy::{Action, Grant},
+    },
+    core::{
+        replay::{self, ReplayBatch},
+        session::Session,
+    },
+    error::ClientError,
+    http::{Body, ConnInfo, client_address, query_channels, query_pairs},
+    ops::stats::{PublishVia, Transport},
+    services::Services,
+    transport::{
+        ends::Ends,
+        websocket::{self, Beats, End, WsIo, WsProtocol},
+    },
 };
 
 /// Answers the WebSocket handshake; channels in the query are validated first (errors are plain
 /// HTTP) and subscribed once the socket is handed over.
 pub(crate) fn upgrade(
-    node: Arc<Node>,
+    services: Arc<Services>,
     conn: Arc<ConnInfo>,
     mut request: Request<Incoming>,
     grant: Grant,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, ClientError> {
     let accept = websocket::accept_key(request.headers())?;
     let pairs = query_pairs(&request);
-    let channels = query_channels(&node, &pairs, &grant)?;
+    let channels = query_channels(&services.limits, &pairs, &grant)?;
     let address = client_address(
         conn.peer.ip(),
         request.headers(),
-        &node.config.trusted_proxies,
+        &services.lifetimes.settings.trusted_proxies,
     );
     let since = pairs
         .iter()
         .find(|(name, _)| name == "since")
         .map(|(_, value)| value.to_string());
     if let Some(since) = &since {
-        node.durable.check_cursor(since)?;
+        services.durable.check_cursor(since)?;
     }
     drop(pairs);
-    let task_node = node.clone();
+    let task_services = services.clone();
     let client = Client { grant, address };
     Ok(websocket::upgrade(
-        &node,
+        &services,
         conn.clone(),
         &mut request,
         accept,
-        move |io| run(task_node, conn, io, channels, since, client),
+        move |io| run(task_services, conn, io, channels, since, client),
     ))
 }
 
@@ -67,44 +74,38 @@ struct Client {
 }
 
 async fn run(
-    node: Arc<Node>,
+    services: Arc<Services>,
     conn: Arc<ConnInfo>,
     mut io: WsIo,
     channels: Vec<Channel>,
     since: Option<String>,
     client: Client,
 ) {
-    let _guard = node.stats.connection(Transport::WebSocket);
-    let (outbox, mut inbox) = node.hub.outbox(Some(conn.kill.clone()));
-    let expiry = Expiry::at(client.grant.expires());
+    let _guard = services.stats.connection(Transport::WebSocket);
+    let (outbox, mut inbox) = services.hub.outbox(Some(conn.kill.clone()));
+    let ends = Ends::new(&services, &conn, client.grant.expires());
     let mut protocol = Native {
-        node: node.clone(),
-        session: Session::new(node.hub.clone(), outbox),
-        publishes: node.limits.connection_publishes(),
+        session: Session::new(services.hub.clone(), outbox),
+        publishes: services.limits.connection_publishes(),
+        services: services.clone(),
         client,
-    };
-    let interrupt = Interrupt {
-        drain: node.drain.slot(),
-        kill: &conn.kill,
-        superseded: None,
-        expiry: &expiry,
     };
     let mut end = Ok(());
     if !channels.is_empty() {
         // Boxed for the same reason as client frames: it happens once, and is large.
-        end = Box::pin(protocol.subscribe(&mut io, channels, since, None, &interrupt)).await;
+        end = Box::pin(protocol.subscribe(&mut io, channels, since, None, &ends)).await;
     }
     let end = match end {
         Ok(()) => {
             websocket::serve(
                 &mut io,
                 &mut inbox,
-                &node.stats,
+                &services.stats,
                 &mut protocol,
-                &interrupt,
+                &ends,
                 Beats {
-                    ping: node.heartbeat.subscribe(),
-                    ping_interval: node.config.ping_interval,
+                    ping: services.lifetimes.ping.subscribe(),
+                    ping_interval: services.lifetimes.settings.ping_interval,
                     keepalive: None,
                 },
             )
@@ -118,7 +119,7 @@ async fn run(
 }
 
 struct Native {
-    node: Arc<Node>,
+    services: Arc<Services>,
     session: Session,
     client: Client,
     /// This connection's publish rate.
@@ -130,30 +131,19 @@ impl WsProtocol for Native {
         message.websocket_text().clone()
     }
 
-    async fn on_text(
-        &mut self,
-        io: &mut WsIo,
-        text: &str,
-        interrupt: &Interrupt<'_>,
-    ) -> Result<(), End> {
+    async fn on_text(&mut self, io: &mut WsIo, text: &str, ends: &Ends) -> Result<(), End> {
         let parsed = match parse_client_frame(text) {
             Ok(parsed) => parsed,
             Err(error) => {
-                return send_error(
-                    io,
-                    error.code,
-                    &error.reason,
-                    error.reference.as_deref(),
-                    interrupt,
-                )
-                .await;
+                let reference = error.reference.as_deref();
+                let refused = ClientError::new(error.code, error.reason.clone());
+                return send_error(io, &refused, reference, ends).await;
             }
         };
         let reference = parsed.reference;
         match parsed.frame {
             ClientFrame::Subscribe { channels, since } => {
-                self.subscribe(io, channels, since, reference, interrupt)
-                    .await
+                self.subscribe(io, channels, since, reference, ends).await
             }
             ClientFrame::Unsubscribe { channels } => {
                 self.session.unsubscribe(&channels);
@@ -162,7 +152,7 @@ impl WsProtocol for Native {
                         channels: &channels,
                     }
                     .encode(),
-                    interrupt,
+                    ends,
                 )
                 .await
             }
@@ -173,10 +163,15 @@ impl WsProtocol for Native {
             } => {
                 let mode = mode.unwrap_or(PublishMode::Durable);
                 let published = match self.may_publish(&channel) {
-                    Ok(()) => publish::publish(&self.node, &channel, data, mode, None, None).await,
+                    Ok(()) => {
+                        self.services
+                            .publishing
+                            .publish(&channel, data, mode, None, None)
+                            .await
+                    }
                     Err(error) => Err(error),
                 };
-                self.node.stats.count_publish(
+                self.services.stats.count_publish(
                     PublishVia::WebSocket,
                     Some(mode),
                     &published.as_ref().map_err(|e| e.code),
@@ -188,24 +183,22 @@ impl WsProtocol for Native {
                             reference: reference.as_deref(),
                             cursor: cursor.as_deref(),
                         };
-                        io.send_text(ack.encode(), interrupt).await
+                        io.send_text(ack.encode(), ends).await
                     }
-                    Err(error) => {
-                        send_error(io, error.code, &error.reason, reference, interrupt).await
-                    }
+                    Err(error) => send_error(io, &error, reference, ends).await,
                 }
             }
             ClientFrame::Auth { token } => match self.reauthorize(&token) {
                 Ok(()) => {
-                    interrupt.expiry.set(self.client.grant.expires());
+                    ends.set_expiry(self.client.grant.expires());
                     let reference = raw_reference(reference);
                     let ack = ServerFrame::Ack {
                         reference: reference.as_deref(),
                         cursor: None,
                     };
-                    io.send_text(ack.encode(), interrupt).await
+                    io.send_text(ack.encode(), ends).await
                 }
-                Err(error) => send_error(io, error.code, &error.reason, reference, interrupt).await,
+                Err(error) => send_error(io, &error, reference, ends).await,
             },
             ClientFrame::Ping => {
                 let reference = raw_reference(reference);
@@ -214,7 +207,7 @@ impl WsProtocol for Native {
                         reference: reference.as_deref(),
                     }
                     .encode(),
-                    interrupt,
+                    ends,
                 )
                 .await
             }
@@ -223,8 +216,10 @@ impl WsProtocol for Native {
 
     fn binary_refused(&self) -> Bytes {
         error_frame(
-            ErrorCode::BadFrame,
-            "binary frames are not supported; send JSON text frames",
+            &ClientError::new(
+                ErrorCode::BadFrame,
+                "binary frames are not supported; send JSON text frames",
+            ),
             None,
         )
     }
@@ -233,8 +228,8 @@ impl WsProtocol for Native {
 impl Native {
     /// Replaces the connection's grant with a fresh token's, which must allow every channel the
     /// connection is subscribed to; on any error the old grant stays.
-    fn reauthorize(&mut self, token: &str) -> Result<(), ApiError> {
-        let grant = self.node.admission.reauthorize(token)?;
+    fn reauthorize(&mut self, token: &str) -> Result<(), ClientError> {
+        let grant = self.services.admission.reauthorize(token)?;
         for channel in self.session.channels() {
             grant.check(Action::Subscribe, channel)?;
         }
@@ -243,10 +238,10 @@ impl Native {
     }
 
     /// Checks the channel against the grant, then this connection's and its address's rates.
-    fn may_publish(&mut self, channel: &Channel) -> Result<(), ApiError> {
+    fn may_publish(&mut self, channel: &Channel) -> Result<(), ClientError> {
         self.client.grant.check(Action::Publish, channel)?;
-        self.node.limits.publish_on(&mut self.publishes)?;
-        self.node.limits.publish_from(self.client.address)
+        self.services.limits.publish_on(&mut self.publishes)?;
+        self.services.limits.publish_from(self.client.address)
     }
 
     /// Subscribes (replaying after `since`), sends the replay and then `subscribed` with the
@@ -257,14 +252,13 @@ impl Native {
         channels: Vec<Channel>,
         since: Option<String>,
         reference: Option<&str>,
-        interrupt: &Interrupt<'_>,
+        ends: &Ends,
     ) -> Result<(), End> {
         let allowed = channels
             .iter()
             .try_for_each(|c| self.client.grant.check(Action::Subscribe, c))
             .and_then(|()| {
-                crate::http::check_subscription_count(
-                    &self.node,
+                self.services.limits.check_subscriptions(
                     self.session.channels().count(),
                     channels
                         .iter()
@@ -273,42 +267,44 @@ impl Native {
                 )
             });
         if let Err(error) = allowed {
-            return send_error(io, error.code, &error.reason, reference, interrupt).await;
+            return send_error(io, &error, reference, ends).await;
         }
-        let resumed =
-            match resume::subscribe(&self.node, &mut self.session, &channels, since.as_deref())
-                .await
-            {
-                Ok(resumed) => resumed,
-                Err(error) => {
-                    return send_error(io, error.code, &error.reason, reference, interrupt).await;
-                }
-            };
-        let cursor = resumed.cursor(&self.node.durable);
-        let batches = resume::batches(self.node.durable.clone(), channels.clone(), resumed.replay);
+        let durable = &self.services.durable;
+        let subscription = match replay::subscribe(
+            durable,
+            &mut self.session,
+            &channels,
+            since.as_deref(),
+        )
+        .await
+        {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                return send_error(io, &error, reference, ends).await;
+            }
+        };
+        let cursor = subscription.cursor.and_then(|point| durable.encode(point));
+        let batches = replay::batches(durable.clone(), channels.clone(), subscription.replay);
         let mut batches = std::pin::pin!(batches);
         while let Some(batch) = batches.next().await {
             match batch {
                 Ok(ReplayBatch::Messages(messages)) => {
-                    io.write_texts(
-                        messages.iter().map(|m| m.websocket_text().clone()),
-                        interrupt,
-                    )
-                    .await?;
-                    self.node.stats.delivered(messages.len());
+                    io.write_texts(messages.iter().map(|m| m.websocket_text().clone()), ends)
+                        .await?;
+                    self.services.stats.delivered(messages.len());
                 }
                 Ok(ReplayBatch::Reset(reason)) => {
-                    self.node.stats.count_resets(reason, 1);
+                    self.services.stats.count_resets(reason, 1);
                     let reset = ServerFrame::Reset {
                         reason: reason.as_str(),
                         cursor: None,
                     };
-                    io.send_text(reset.encode(), interrupt).await?;
+                    io.send_text(reset.encode(), ends).await?;
                 }
                 Err(error) => {
                     // Live messages after the replay are queued already: continuing would leave
                     // a gap. Tell the client, and let it come back with its last cursor.
-                    send_error(io, error.code, &error.reason, reference, interrupt).await?;
+                    send_error(io, &error, reference, ends).await?;
                     return Err(End::Close(
                         CloseCode::Again,
                         "replay failed; reconnect with your cursor",
@@ -320,15 +316,16 @@ impl Native {
             channels: &channels,
             cursor: cursor.as_deref(),
         };
-        io.send_text(subscribed.encode(), interrupt).await
+        io.send_text(subscribed.encode(), ends).await
     }
 }
 
-fn error_frame(code: ErrorCode, reason: &str, reference: Option<&str>) -> Bytes {
+/// The error frame: how an error reaches a native WebSocket client.
+fn error_frame(error: &ClientError, reference: Option<&str>) -> Bytes {
     let reference = raw_reference(reference);
     ServerFrame::Error {
-        code: code.as_str(),
-        reason,
+        code: error.code.as_str(),
+        reason: &error.reason,
         reference: reference.as_deref(),
     }
     .encode()
@@ -336,11 +333,9 @@ fn error_frame(code: ErrorCode, reason: &str, reference: Option<&str>) -> Bytes 
 
 async fn send_error(
     io: &mut WsIo,
-    code: ErrorCode,
-    reason: &str,
+    error: &ClientError,
     reference: Option<&str>,
-    interrupt: &Interrupt<'_>,
+    ends: &Ends,
 ) -> Result<(), End> {
-    io.send_text(error_frame(code, reason, reference), interrupt)
-        .await
+    io.send_text(error_frame(error, reference), ends).await
 }

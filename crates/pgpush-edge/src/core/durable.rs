@@ -9,19 +9,16 @@ use std::{
 };
 
 use pgpush_pg::{Continuation, EventRow, EventStore, History};
-use pgpush_protocol::{
-    Channel, CursorError, CursorKey, CursorPoint, ErrorCode, Message, Payload, ResetReason,
-};
+use pgpush_protocol::{Channel, CursorKey, CursorPoint, ErrorCode, Message, Payload, ResetReason};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug_span, error, info, warn};
 
 use crate::{
-    http::ApiError,
-    hub::{Adoption, Hub},
-    publish::database_error,
-    stats::Stats,
-    telemetry,
+    core::hub::{Adoption, Hub},
+    error::ClientError,
+    ops::{stats::Stats, telemetry},
+    settings::DurableSettings,
 };
 
 /// Events read per catch-up query.
@@ -37,25 +34,12 @@ const START_RETRY: Duration = Duration::from_secs(2);
 /// How often a node that cannot start durable channels says so again in its log.
 const START_REMINDER: Duration = Duration::from_secs(60);
 
-/// Durable-channel settings of a node.
-#[derive(Debug, Clone)]
-pub(crate) struct DurableConfig {
-    /// False with `--no-durable`: no schema needed, durable publishing and cursors refused.
-    pub(crate) enabled: bool,
-    /// Safety poll: catch up this often even without a wake-up.
-    pub(crate) catch_up_interval: Duration,
-    /// Largest durable payload accepted from clients.
-    pub(crate) max_payload_bytes: usize,
-    /// How long an `Idempotency-Key` is remembered.
-    pub(crate) idempotency_window: Duration,
-}
-
 /// A node's durable side.
 #[derive(Debug)]
 pub(crate) struct Durable {
     store: EventStore,
     hub: Arc<Hub>,
-    config: DurableConfig,
+    config: DurableSettings,
     /// Set once the schema is there and the reader started.
     key: OnceLock<CursorKey>,
     /// The head after each fan-out and the database's history as last read (`None` until
@@ -113,14 +97,14 @@ impl Durable {
         store: EventStore,
         hub: Arc<Hub>,
         stats: Arc<Stats>,
-        config: DurableConfig,
+        config: &DurableSettings,
     ) -> Durable {
         let wake = hub.durable_wake();
         Durable {
             stats,
             store,
             hub,
-            config,
+            config: *config,
             key: OnceLock::new(),
             view: watch::channel(None).0,
             first_attempt: watch::channel(false).0,
@@ -259,11 +243,11 @@ impl Durable {
     }
 
     /// The refusal of durable features on a node started with `--no-durable`.
-    fn turned_off(&self) -> Result<(), ApiError> {
+    fn turned_off(&self) -> Result<(), ClientError> {
         if self.config.enabled {
             return Ok(());
         }
-        Err(ApiError::new(
+        Err(ClientError::new(
             ErrorCode::NotImplemented,
             "durable channels are turned off on this node (--no-durable): publish with \
              mode=ephemeral and subscribe without a cursor",
@@ -455,9 +439,9 @@ impl Durable {
 
     /// Checks a cursor's form and signature without waiting (for errors before a WebSocket
     /// upgrade); a node that has not started durable channels yet accepts it for now.
-    pub(crate) fn check_cursor(&self, cursor: &str) -> Result<(), ApiError> {
+    pub(crate) fn check_cursor(&self, cursor: &str) -> Result<(), ClientError> {
         match self.key.get() {
-            Some(key) => key.decode(cursor).map(|_| ()).map_err(bad_cursor),
+            Some(key) => key.decode(cursor).map(|_| ()).map_err(ClientError::from),
             None => Ok(()),
         }
     }
@@ -493,9 +477,9 @@ impl Durable {
     /// so the subscription's replay covers everything after it (a cursor from another node that
     /// is a few milliseconds ahead is fine), or sure that the database's history lost it (the
     /// hub then answers `reset`). A forged cursor is `bad_cursor`.
-    pub(crate) async fn resume_point(&self, cursor: &str) -> Result<CursorPoint, ApiError> {
+    pub(crate) async fn resume_point(&self, cursor: &str) -> Result<CursorPoint, ClientError> {
         let unavailable = || {
-            ApiError::new(
+            ClientError::new(
                 ErrorCode::Unavailable,
                 "durable channels are not available on this node yet",
             )
@@ -503,7 +487,7 @@ impl Durable {
         self.turned_off()?;
         self.wait_started(CATCH_UP_WAIT).await;
         let key = self.key.get().ok_or_else(unavailable)?;
-        let point = key.decode(cursor).map_err(bad_cursor)?;
+        let point = key.decode(cursor).map_err(ClientError::from)?;
         if self.wait_for(point).await {
             return Ok(point);
         }
@@ -555,7 +539,7 @@ impl Durable {
         channels: &[Channel],
         after: i64,
         upto: i64,
-    ) -> Result<Replayed, ApiError> {
+    ) -> Result<Replayed, ClientError> {
         let names: Vec<&str> = channels.iter().map(Channel::as_str).collect();
         self.stats.durable_queries.fetch_add(1, Ordering::Relaxed);
         let replay = self
@@ -568,7 +552,7 @@ impl Durable {
                 channels = names.len()
             ))
             .await
-            .map_err(database_error)?;
+            .map_err(ClientError::database)?;
         if after < replay.retention_floor {
             return Ok(Replayed::Expired);
         }
@@ -591,10 +575,10 @@ impl Durable {
         payload: &str,
         traceparent: Option<&str>,
         idempotency_key: Option<&str>,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, ClientError> {
         self.turned_off()?;
         if payload.len() > self.config.max_payload_bytes {
-            return Err(ApiError::new(
+            return Err(ClientError::new(
                 ErrorCode::TooLarge,
                 format!(
                     "durable payload is {} bytes; the limit is {}",
@@ -608,7 +592,7 @@ impl Durable {
             .store
             .publish(channel.as_str(), payload, traceparent, key)
             .await
-            .map_err(database_error)?;
+            .map_err(ClientError::database)?;
         let (sender, receiver) = oneshot::channel();
         self.waiters
             .lock()
@@ -635,12 +619,4 @@ impl Durable {
         drop(waiters);
         Ok(position.and_then(|position| self.cursor(position)))
     }
-}
-
-fn bad_cursor(error: CursorError) -> ApiError {
-    let reason = match error {
-        CursorError::Malformed => "malformed cursor",
-        CursorError::Forged => "cursor was not issued by this deployment",
-    };
-    ApiError::new(ErrorCode::BadCursor, reason)
 }

@@ -10,13 +10,13 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::UpArgs,
+    args::UpArgs,
     nginx::{NginxConfig, NginxMode},
 };
 
 /// Why `up` could not bring the deployment up.
 #[derive(Debug, thiserror::Error)]
-pub enum UpError {
+pub(crate) enum UpError {
     /// A process could not be started or did not come up.
     #[error("{0}")]
     Start(String),
@@ -34,7 +34,7 @@ struct Owned {
 /// Runs the deployment until `shutdown`, then stops it: nginx first (no new connections), then
 /// the nodes (they drain: clients are told to reconnect), then returns so the caller removes the
 /// database it started.
-pub async fn up(
+pub(crate) async fn up(
     args: UpArgs,
     database_url: String,
     shutdown: CancellationToken,
@@ -44,11 +44,11 @@ pub async fn up(
     // The one address clients use must be ours: fail now, before anything is started.
     std::net::TcpListener::bind(args.listen)
         .map_err(|e| UpError::Start(format!("cannot listen on {}: {e}", args.listen)))?;
-    crate::migrate(&options)
+    pgpush_edge::migrate(&options)
         .await
         .map_err(|e| UpError::Start(format!("migration failed: {e}")))?;
     if args.demo {
-        crate::cli::demo_setup(&options, pgpush_demo::Trigger::Durable)
+        crate::demo::demo_setup(&options, pgpush_demo::Trigger::Durable)
             .await
             .map_err(|e| UpError::Start(format!("the location demo: {e}")))?;
     }
@@ -85,7 +85,8 @@ pub async fn up(
                 let simulate = args.simulate.clone();
                 let stop = shutdown.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = crate::cli::demo_simulate(&options, &simulate, stop).await {
+                    if let Err(error) = crate::demo::demo_simulate(&options, &simulate, stop).await
+                    {
                         eprintln!("pgpush up: the people simulator stopped: {error}");
                     }
                 });

@@ -19,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::{
-    Node,
-    http::{ConnInfo, route},
-    limits::ConnectionPermit,
-    proxy_protocol,
+    admission::limits::ConnectionPermit,
+    app::{Node, observe, router::route},
+    error::ClientError,
+    http::{ConnInfo, proxy_protocol, status},
+    ops::stats::Stats,
 };
 
 /// How long the metrics address waits for a request head.
@@ -34,15 +35,15 @@ const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 /// frame) before it is dropped.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
-/// Accepts clients until `node.shutdown` is cancelled, then waits (up to the shutdown timeout)
+/// Accepts clients until `node.services.lifetimes.shutdown` is cancelled, then waits (up to the shutdown timeout)
 /// for every connection task to finish.
 pub(crate) async fn serve(socket: TcpListener, node: Arc<Node>) {
     loop {
         tokio::select! {
-            _ = node.shutdown.cancelled() => break,
+            _ = node.services.lifetimes.shutdown.cancelled() => break,
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    node.tracker.spawn(serve_connection(stream, peer, node.clone()));
+                    node.services.lifetimes.tracker.spawn(serve_connection(stream, peer, node.clone()));
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -54,17 +55,18 @@ pub(crate) async fn serve(socket: TcpListener, node: Arc<Node>) {
     }
     // Stop accepting: new connections are refused by the kernel from here on.
     drop(socket);
-    node.tracker.close();
-    let open = node.tracker.len();
+    node.services.lifetimes.tracker.close();
+    let open = node.services.lifetimes.tracker.len();
     let span = tracing::debug_span!("drain", open, left = tracing::field::Empty);
     async {
         info!(open, "draining connections");
-        let deadline = node.config.drain_window + node.config.shutdown_timeout;
-        if tokio::time::timeout(deadline, node.tracker.wait())
+        let settings = &node.services.lifetimes.settings;
+        let deadline = settings.drain_window + settings.shutdown_timeout;
+        if tokio::time::timeout(deadline, node.services.lifetimes.tracker.wait())
             .await
             .is_err()
         {
-            let left = node.tracker.len();
+            let left = node.services.lifetimes.tracker.len();
             tracing::Span::current().record("left", left);
             warn!(left, "shutdown timeout reached with connections still open");
         }
@@ -90,8 +92,7 @@ pub(crate) async fn serve_metrics(socket: TcpListener, node: Arc<Node>, stop: Ca
         let node = node.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let service =
-                service_fn(move |request| crate::http::metrics_route(node.clone(), request));
+            let service = service_fn(move |request| observe::metrics_route(node.clone(), request));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(METRICS_HEADER_TIMEOUT)
@@ -105,12 +106,12 @@ pub(crate) async fn serve_metrics(socket: TcpListener, node: Arc<Node>, stop: Ca
 }
 
 async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc<Node>) {
-    let security = &node.config.security;
+    let settings = &node.services.lifetimes.settings;
     let _ = stream.set_nodelay(true);
-    set_idle_timeout(&stream, security.idle_timeout);
+    set_idle_timeout(&stream, settings.idle_timeout);
     let mut early_bytes = Vec::new();
-    if node.config.proxy_protocol {
-        let header = tokio::time::timeout(security.handshake_timeout, async {
+    if settings.proxy_protocol {
+        let header = tokio::time::timeout(settings.handshake_timeout, async {
             if proxy_protocol::has_header(&stream).await? {
                 proxy_protocol::read_header(&mut stream).await.map(Some)
             } else {
@@ -141,6 +142,7 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
     }
     // Trusted proxies carry many clients: only a client's own address is limited.
     let permit = match node
+        .services
         .limits
         .admit((!is_trusted_proxy(&node, peer)).then(|| peer.ip().to_canonical()))
     {
@@ -154,7 +156,7 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
             return;
         }
     };
-    let stats = node.stats.clone();
+    let stats = node.services.stats.clone();
     if early_bytes.is_empty() {
         serve_http(
             CountingIo {
@@ -186,7 +188,9 @@ async fn serve_connection(mut stream: TcpStream, mut peer: SocketAddr, node: Arc
 /// True when `peer` is one of the configured trusted proxies (`--trusted-proxy`).
 fn is_trusted_proxy(node: &Node, peer: SocketAddr) -> bool {
     let ip = peer.ip().to_canonical();
-    node.config
+    node.services
+        .lifetimes
+        .settings
         .trusted_proxies
         .iter()
         .any(|net| net.contains(&ip))
@@ -208,7 +212,7 @@ fn set_idle_timeout(stream: &TcpStream, timeout: Duration) {
 /// [`REFUSAL_LINGER`]: the request head is read (so an HTTP client sees the answer, not a reset)
 /// or waited for that long, the answer is written, and what else arrives is read and dropped
 /// until the client closes or the linger passes.
-async fn refuse_connection(mut stream: TcpStream, error: crate::http::ApiError) {
+async fn refuse_connection(mut stream: TcpStream, error: ClientError) {
     use tokio::io::AsyncWriteExt;
     let mut sink = [0u8; 1024];
     let mut head = Vec::new();
@@ -223,8 +227,7 @@ async fn refuse_connection(mut stream: TcpStream, error: crate::http::ApiError) 
         Ok::<(), std::io::Error>(())
     })
     .await;
-    let status = http::StatusCode::from_u16(error.code.http_status())
-        .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
+    let status = status(error.code);
     let body = pgpush_protocol::http_error_body(error.code, &error.reason);
     let head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n",
@@ -245,7 +248,7 @@ async fn refuse_connection(mut stream: TcpStream, error: crate::http::ApiError) 
 /// A client socket that adds what is written to it to `pgpush_bytes_sent_total`.
 struct CountingIo<I> {
     inner: I,
-    stats: Arc<crate::stats::Stats>,
+    stats: Arc<Stats>,
 }
 
 impl<I> CountingIo<I> {
@@ -327,20 +330,21 @@ where
         })
     };
     // Title-case header names: byte-exact with the original Perl server for old clients.
+    let settings = &node.services.lifetimes.settings;
     let connection = http1::Builder::new()
         .title_case_headers(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(node.config.security.handshake_timeout)
-        .max_buf_size(node.config.security.max_header_bytes.max(8192))
+        .header_read_timeout(settings.handshake_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = node.shutdown.cancelled() => {
+        _ = node.services.lifetimes.shutdown.cancelled() => {
             // Finish the request in flight (streams end on the same token), then close.
             connection.as_mut().graceful_shutdown();
-            tokio::time::timeout(node.config.drain_window + node.config.shutdown_timeout, connection.as_mut())
+            tokio::time::timeout(settings.drain_window + settings.shutdown_timeout, connection.as_mut())
                 .await
                 .unwrap_or(Ok(()))
         }

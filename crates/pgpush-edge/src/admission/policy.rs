@@ -5,7 +5,7 @@ use std::{sync::Arc, time::SystemTime};
 
 use pgpush_protocol::{Channel, ErrorCode};
 
-use crate::http::ApiError;
+use crate::error::ClientError;
 
 /// A channel pattern: an exact name, `prefix*`, or `*` (every channel that is not reserved).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +101,7 @@ impl Grant {
     }
 
     /// `forbidden` unless this client may do `action` on `channel`.
-    pub(crate) fn check(&self, action: Action, channel: &Channel) -> Result<(), ApiError> {
+    pub(crate) fn check(&self, action: Action, channel: &Channel) -> Result<(), ClientError> {
         check_client_access(channel)?;
         let (lists, claims) = match action {
             Action::Subscribe => (
@@ -115,7 +115,7 @@ impl Grant {
             Action::Publish => "publish to",
         };
         if !lists.iter().any(|p| p.matches(channel)) {
-            return Err(ApiError::new(
+            return Err(ClientError::new(
                 ErrorCode::Forbidden,
                 format!(
                     "clients may not {verb} {:?} on this server",
@@ -126,7 +126,7 @@ impl Grant {
         if let Some(claims) = claims
             && !claims.iter().any(|p| p.matches(channel))
         {
-            return Err(ApiError::new(
+            return Err(ClientError::new(
                 ErrorCode::Forbidden,
                 format!(
                     "the token does not allow you to {verb} {:?}",
@@ -138,9 +138,10 @@ impl Grant {
     }
 
     /// Validates a channel name from a client and checks `action` on it.
-    pub(crate) fn channel(&self, action: Action, name: &str) -> Result<Channel, ApiError> {
-        let channel = Channel::new(name)
-            .map_err(|error| ApiError::new(ErrorCode::BadChannel, format!("{name:?}: {error}")))?;
+    pub(crate) fn channel(&self, action: Action, name: &str) -> Result<Channel, ClientError> {
+        let channel = Channel::new(name).map_err(|error| {
+            ClientError::new(ErrorCode::BadChannel, format!("{name:?}: {error}"))
+        })?;
         self.check(action, &channel)?;
         Ok(channel)
     }
@@ -148,9 +149,9 @@ impl Grant {
 
 /// Refuses reserved channels: they carry pgpush's own signals and are never reachable from
 /// clients, in any letter case.
-fn check_client_access(channel: &Channel) -> Result<(), ApiError> {
+fn check_client_access(channel: &Channel) -> Result<(), ClientError> {
     if channel.is_reserved() {
-        return Err(ApiError::new(
+        return Err(ClientError::new(
             ErrorCode::Forbidden,
             format!(
                 "{:?}: channels starting with \"pgpush\" are reserved",

@@ -16,29 +16,49 @@ use prometheus_client::{
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{
-    Node,
-    stats::{Stats, Transport},
-};
+use crate::ops::stats::{Stats, Transport};
 
 /// The content type of what prometheus-client writes: OpenMetrics text (Prometheus reads it).
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The exposition of `node`'s metrics, read now (PostgreSQL's side as last sampled).
-pub(crate) fn render(node: &Node) -> String {
+/// What the rest of the node reports at scrape time, beside the counters in [`Stats`].
+#[derive(Debug)]
+pub(crate) struct NodeState {
+    /// The node's name.
+    pub(crate) node: String,
+    /// Open client sockets.
+    pub(crate) sockets: u64,
+    /// Channels LISTENed.
+    pub(crate) channels_listened: u64,
+    /// Whether the LISTEN connection is up.
+    pub(crate) listener_up: bool,
+    /// Whether this node is the sequencer.
+    pub(crate) sequencer_leader: bool,
+    /// Whether the node drains.
+    pub(crate) draining: bool,
+    /// Hippie client queues held.
+    pub(crate) hippie_queues: u64,
+    /// The durable head (`None` before the reader started).
+    pub(crate) durable_head: Option<i64>,
+    /// The publish pool.
+    pub(crate) pool: pgpush_pg::PoolStatus,
+}
+
+/// The exposition of the node's metrics, read now (PostgreSQL's side as last sampled).
+pub(crate) fn render(stats: &Stats, state: NodeState) -> String {
     let mut registry = Registry::with_prefix("pgpush");
     registry.register(
         "publish_requests",
         "Publish requests by origin (http, websocket, hippie), mode and result (ok or the error code)",
-        node.stats.publish_requests.clone(),
+        stats.publish_requests.clone(),
     );
     // The unit is in the name: strict OpenMetrics parsers refuse a UNIT line on histograms.
     registry.register(
         "durable_commit_to_send_seconds",
         "Seconds from a durable event's INSERT in the publishing transaction to its fan-out on this node",
-        node.stats.commit_to_send.clone(),
+        stats.commit_to_send.clone(),
     );
-    registry.register_collector(Box::new(NodeGauges::read(node)));
+    registry.register_collector(Box::new(NodeGauges::read(stats, state)));
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
@@ -97,11 +117,10 @@ struct NodeGauges {
 }
 
 impl NodeGauges {
-    fn read(node: &Node) -> NodeGauges {
-        let stats = &node.stats;
+    fn read(stats: &Stats, state: NodeState) -> NodeGauges {
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         NodeGauges {
-            node: node.node_id.clone(),
+            node: state.node,
             connections: [
                 ("websocket", stats.connections(Transport::WebSocket)),
                 ("sse", stats.connections(Transport::Sse)),
@@ -109,19 +128,19 @@ impl NodeGauges {
                 ("poll", stats.connections(Transport::Poll)),
             ],
             subscriptions: load(&stats.subscriptions),
-            sockets: node.limits.open_sockets() as u64,
-            channels_listened: node.hub.channels_listened() as u64,
+            sockets: state.sockets,
+            channels_listened: state.channels_listened,
             notifications_in: load(&stats.notifications_in),
             durable_in: load(&stats.durable_in),
             frames_sent: load(&stats.messages_out),
             bytes_sent: load(&stats.bytes_out),
             slow_consumers: load(&stats.slow_consumers),
-            listener_up: node.hub.listener_up(),
+            listener_up: state.listener_up,
             listener_connections: load(&stats.listener_generation),
-            sequencer_leader: node.sequencer.as_ref().is_some_and(|s| s.is_leader()),
-            draining: node.shutdown.is_cancelled(),
-            hippie_queues: node.hippie.as_ref().map_or(0, |h| h.registry.len()) as u64,
-            durable_head: node.durable.head(),
+            sequencer_leader: state.sequencer_leader,
+            draining: state.draining,
+            hippie_queues: state.hippie_queues,
+            durable_head: state.durable_head,
             durable_queries: load(&stats.durable_queries),
             durable_epoch_changes: load(&stats.durable_epoch_changes),
             durable_history_forks: load(&stats.durable_history_forks),
@@ -129,7 +148,7 @@ impl NodeGauges {
                 ("expired", load(&stats.resets_expired)),
                 ("history_changed", load(&stats.resets_history_changed)),
             ],
-            pool: node.publisher.pool_status(),
+            pool: state.pool,
             database: *stats.database.lock().unwrap_or_else(|e| e.into_inner()),
         }
     }

@@ -1,5 +1,7 @@
 //! The Hippie routes: the original Web::Hippie::PubSub protocol on the same URLs, so its
 //! unchanged browser clients (hippie.js, hippie.pipe.js, jquery.ev.js, DUI.Stream) keep working.
+//! Built on `transport` (WebSocket plumbing, stream bodies, ends), `services`, `http`, `core`,
+//! `admission` and `ops`; refusals are plain text, as the original answered.
 
 mod mxhr;
 mod poll;
@@ -19,18 +21,22 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use pgpush_protocol::hippie::{
-    HippiePathError, HippieRoute, is_valid_client_id, parse_hippie_path,
+use pgpush_protocol::{
+    ErrorCode,
+    hippie::{HippiePathError, HippieRoute, error_message, is_valid_client_id, parse_hippie_path},
 };
 
 pub(crate) use queue::Registry;
 
 use crate::{
-    Node,
-    config::HippieConfig,
-    http::{ApiError, Body, ConnInfo, client_address, query_pairs, text},
-    http::{bad_channel_encoding, check_query},
-    policy::{Action, Grant},
+    admission::policy::{Action, Grant},
+    error::ClientError,
+    http::{
+        Body, ConnInfo, bad_channel_encoding, check_query, client_address, query_pairs, status,
+        text,
+    },
+    services::{Services, drain::Heartbeat},
+    settings::HippieSettings,
 };
 
 /// Which transport created a client's queue; it decides how long the queue outlives its
@@ -44,8 +50,14 @@ pub(crate) enum CreatedOver {
 /// The Hippie side of a node: client queues, counters, and the node's MXHR boundary.
 #[derive(Debug)]
 pub(crate) struct Hippie {
-    pub(crate) config: HippieConfig,
+    pub(crate) config: HippieSettings,
     pub(crate) registry: Arc<Registry>,
+    /// The node's components.
+    pub(crate) services: Arc<Services>,
+    /// Ticks every keepalive interval (never when it is zero).
+    pub(crate) keepalive: Heartbeat,
+    /// The node's name: where a poll is redirected when the request names no host.
+    pub(crate) node_id: String,
     /// One boundary for every MXHR stream of this node, so each message's MXHR part is encoded
     /// once and shared (see `Message::mxhr_part`).
     pub(crate) boundary: String,
@@ -53,7 +65,13 @@ pub(crate) struct Hippie {
 }
 
 impl Hippie {
-    pub(crate) fn new(config: HippieConfig, registry: Arc<Registry>) -> Hippie {
+    pub(crate) fn new(
+        config: HippieSettings,
+        registry: Arc<Registry>,
+        services: Arc<Services>,
+        keepalive: Heartbeat,
+        node_id: String,
+    ) -> Hippie {
         const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
         let boundary = (0..8)
             .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
@@ -61,6 +79,9 @@ impl Hippie {
         Hippie {
             config,
             registry,
+            services,
+            keepalive,
+            node_id,
             boundary,
             events_published: AtomicU64::new(0),
         }
@@ -93,21 +114,15 @@ impl Hippie {
     /// with the window of the transport that creates it.
     pub(crate) async fn open_queue(
         &self,
-        node: &Node,
         channel: &pgpush_protocol::Channel,
         client_id: &str,
         info: &RequestInfo,
         created_over: CreatedOver,
-    ) -> Result<queue::Attachment, queue::OpenError> {
+    ) -> Result<queue::Attachment, ClientError> {
         self.registry
-            .attach(
-                channel,
-                client_id,
-                info.address,
-                self.window(created_over),
-                node.config.subscribe_timeout,
-            )
+            .attach(channel, client_id, info.address, self.window(created_over))
             .await
+            .map_err(|error| ClientError::new(error.code(), error.to_string()))
     }
 
     fn stats_text(&self) -> String {
@@ -120,71 +135,55 @@ impl Hippie {
     }
 }
 
-/// A refused Hippie request: a status and a plain-text reason, as the original answered.
-#[derive(Debug)]
-pub(crate) struct Refusal {
-    status: StatusCode,
-    reason: String,
+/// A refused Hippie request as the original answered: the status and a plain-text reason.
+fn refusal(error: &ClientError) -> Response<Body> {
+    text(status(error.code), Bytes::from(error.reason.clone()))
 }
 
-impl Refusal {
-    fn into_response(self) -> Response<Body> {
-        text(self.status, Bytes::from(self.reason))
-    }
+/// A refusal with `code` and `reason`.
+pub(crate) fn refuse(code: ErrorCode, reason: impl Into<String>) -> ClientError {
+    ClientError::new(code, reason)
 }
 
-/// Refuses with `status` and `reason`.
-pub(crate) fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
-    Refusal {
-        status,
-        reason: reason.into(),
-    }
+/// An error as a Hippie message, for the streams and WebSocket frames.
+pub(crate) fn error_text(error: &ClientError) -> Bytes {
+    error_message(error.code.as_str(), &error.reason)
 }
 
 /// What Hippie handlers return.
-pub(crate) type HippieResult = Result<Response<Body>, Refusal>;
+pub(crate) type HippieResult = Result<Response<Body>, ClientError>;
 
 /// Routes a request under the Hippie prefix; `rest` is the raw path after `<prefix>/`.
 pub(crate) async fn route(
-    node: Arc<Node>,
+    hippie: Arc<Hippie>,
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
     rest: &str,
-    grant: Result<Grant, ApiError>,
+    grant: Result<Grant, ClientError>,
 ) -> Response<Body> {
-    dispatch(node, conn, request, rest, grant)
+    dispatch(hippie, conn, request, rest, grant)
         .await
-        .unwrap_or_else(Refusal::into_response)
+        .unwrap_or_else(|error| refusal(&error))
 }
 
 async fn dispatch(
-    node: Arc<Node>,
+    hippie: Arc<Hippie>,
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
     rest: &str,
-    grant: Result<Grant, ApiError>,
+    grant: Result<Grant, ClientError>,
 ) -> HippieResult {
-    let Some(hippie) = node.hippie.as_ref() else {
-        return Err(refuse(StatusCode::NOT_FOUND, "Not found"));
-    };
-    if let Err(error) = check_query(&request) {
-        return Err(refuse(StatusCode::BAD_REQUEST, error.reason));
-    }
+    check_query(&request)?;
     let route = match parse_hippie_path(rest) {
         Ok(route) => route,
-        Err(HippiePathError::NotFound) => return Err(refuse(StatusCode::NOT_FOUND, "Not found")),
-        Err(HippiePathError::BadEncoding(error)) => {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                bad_channel_encoding(error).reason,
-            ));
-        }
+        Err(HippiePathError::NotFound) => return Err(refuse(ErrorCode::NotFound, "Not found")),
+        Err(HippiePathError::BadEncoding(error)) => return Err(bad_channel_encoding(error)),
     };
     let method = request.method().clone();
     let (name, allowed) = match &route {
         HippieRoute::Stats => {
             if method != Method::GET {
-                return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"));
+                return Err(refuse(ErrorCode::MethodNotAllowed, "Method not allowed"));
             }
             let mut response = text(StatusCode::OK, Bytes::from(hippie.stats_text()));
             response.headers_mut().insert(
@@ -199,32 +198,23 @@ async fn dispatch(
         }
     };
     if !allowed {
-        return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"));
+        return Err(refuse(ErrorCode::MethodNotAllowed, "Method not allowed"));
     }
     if name.is_empty() {
-        return Err(refuse(StatusCode::BAD_REQUEST, "Channel is required"));
+        return Err(refuse(ErrorCode::BadRequest, "Channel is required"));
     }
     let action = match route {
         HippieRoute::Publish(_) => Action::Publish,
         _ => Action::Subscribe,
     };
-    let checked = grant.and_then(|grant| Ok((grant.channel(action, name)?, grant)));
-    let (channel, grant) = match checked {
-        Ok(checked) => checked,
-        Err(error) => {
-            let status =
-                StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-            return Err(refuse(status, error.reason));
-        }
-    };
-    let request_info = RequestInfo::new(&node, &conn, &request, grant);
+    let grant = grant?;
+    let channel = grant.channel(action, name)?;
+    let request_info = RequestInfo::new(&hippie, &conn, &request, grant);
     match route {
-        HippieRoute::WebSocket(_) => ws::upgrade(node, conn, request, channel, request_info),
-        HippieRoute::Mxhr(_) => mxhr::open(node, conn, channel, request_info).await,
-        HippieRoute::Poll(_) => poll::handle(node, conn, request, channel, request_info).await,
-        HippieRoute::Publish(_) => {
-            publish::handle(node, conn, request, channel, request_info).await
-        }
+        HippieRoute::WebSocket(_) => ws::upgrade(hippie, conn, request, channel, request_info),
+        HippieRoute::Mxhr(_) => mxhr::open(hippie, conn, channel, request_info).await,
+        HippieRoute::Poll(_) => poll::handle(hippie, conn, request, channel, request_info).await,
+        HippieRoute::Publish(_) => publish::handle(hippie, request, channel, request_info).await,
         HippieRoute::Stats => unreachable!("answered above"),
     }
 }
@@ -244,7 +234,12 @@ pub(crate) struct RequestInfo {
 }
 
 impl RequestInfo {
-    fn new(node: &Node, conn: &ConnInfo, request: &Request<Incoming>, grant: Grant) -> RequestInfo {
+    fn new(
+        hippie: &Hippie,
+        conn: &ConnInfo,
+        request: &Request<Incoming>,
+        grant: Grant,
+    ) -> RequestInfo {
         let from_query = query_pairs(request)
             .into_iter()
             .find(|(name, _)| name == "client_id")
@@ -261,7 +256,7 @@ impl RequestInfo {
             address: client_address(
                 conn.peer.ip(),
                 request.headers(),
-                &node.config.trusted_proxies,
+                &hippie.services.lifetimes.settings.trusted_proxies,
             ),
             grant,
         }
@@ -278,23 +273,18 @@ impl RequestInfo {
     }
 }
 
-/// The status a client gets when its queue cannot be opened.
-pub(crate) fn open_error_status(error: &queue::OpenError) -> StatusCode {
-    StatusCode::from_u16(error.code().http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
-}
-
 /// A new client id: 128 random bits as 32 hex characters (URL-safe, unguessable).
 pub(crate) fn new_client_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
 /// Checks a client-supplied id; a refusal names the rule.
-pub(crate) fn checked_client_id(id: &str) -> Result<(), Refusal> {
+pub(crate) fn checked_client_id(id: &str) -> Result<(), ClientError> {
     if is_valid_client_id(id) {
         Ok(())
     } else {
         Err(refuse(
-            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
             "client_id must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -",
         ))
     }
@@ -302,7 +292,7 @@ pub(crate) fn checked_client_id(id: &str) -> Result<(), Refusal> {
 
 /// The origin check of `--hippie-trusted-origin`: a request with an `Origin` that does not
 /// match gets 403. Requests without `Origin` (not from a browser) pass.
-pub(crate) fn check_origin(hippie: &Hippie, headers: &HeaderMap) -> Result<(), Refusal> {
+pub(crate) fn check_origin(hippie: &Hippie, headers: &HeaderMap) -> Result<(), ClientError> {
     let (Some(pattern), Some(origin)) =
         (&hippie.config.trusted_origin, headers.get(header::ORIGIN))
     else {
@@ -311,7 +301,7 @@ pub(crate) fn check_origin(hippie: &Hippie, headers: &HeaderMap) -> Result<(), R
     if origin.to_str().is_ok_and(|origin| pattern.is_match(origin)) {
         Ok(())
     } else {
-        Err(refuse(StatusCode::FORBIDDEN, "origin not allowed"))
+        Err(refuse(ErrorCode::Forbidden, "origin not allowed"))
     }
 }
 

@@ -4,39 +4,28 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use futures_util::future::{FutureExt, Shared};
-use pgpush_pg::{Continuation, History, Listener, ListenerState, NotificationSink};
+use pgpush_pg::{Continuation, History, ListenerState, NotificationSink};
 use pgpush_protocol::{Channel, CursorPoint, Message, Payload};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::Stats;
+use crate::{
+    core::{
+        listen::ListenSet,
+        queue::{self, Inbox, Offer, Outbox},
+    },
+    ops::stats::Stats,
+    settings::{HubSettings, QueueLimits},
+};
 
 /// The channel the sequencer NOTIFYs once per batch; the LISTEN connection always LISTENs it.
 pub const WAKE_CHANNEL: &str = "pgpush_wake";
-
-/// How many recent durable messages the hub keeps in memory for replays.
-#[derive(Debug, Clone, Copy)]
-pub struct RecentLimits {
-    /// Messages.
-    pub messages: usize,
-    /// Payload bytes.
-    pub bytes: usize,
-}
-
-/// How many messages and payload bytes one client's queue may hold.
-#[derive(Debug, Clone, Copy)]
-pub struct QueueLimits {
-    /// Messages.
-    pub messages: usize,
-    /// Payload bytes (each message counts [`Message::queue_cost`]).
-    pub bytes: usize,
-}
 
 /// Why a subscribe failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +43,12 @@ pub enum SubscribeError {
 #[derive(Debug)]
 pub struct Hub {
     state: Mutex<HubState>,
-    listener: Listener,
+    listener: Arc<dyn ListenSet>,
     stats: Arc<Stats>,
-    limits: QueueLimits,
+    settings: HubSettings,
     next_id: AtomicU64,
     /// Wakes the durable reader (a `pgpush_wake` notification, a listener reconnect).
     wake: Arc<Notify>,
-    unlisten_delay: Duration,
 }
 
 /// Everything fan-out and subscription change together, under one lock: registering a
@@ -205,15 +193,10 @@ struct ChannelEntry {
 }
 
 impl Hub {
-    /// A hub that LISTENs through `listener` and UNLISTENs a channel `unlisten_delay` after its
-    /// last subscriber left.
-    pub fn new(
-        listener: Listener,
-        stats: Arc<Stats>,
-        limits: QueueLimits,
-        recent: RecentLimits,
-        unlisten_delay: Duration,
-    ) -> Hub {
+    /// A hub that LISTENs through `listener` and UNLISTENs a channel the settings' delay after
+    /// its last subscriber left.
+    pub fn new(listener: Arc<dyn ListenSet>, stats: Arc<Stats>, settings: &HubSettings) -> Hub {
+        let recent = settings.recent;
         Hub {
             state: Mutex::new(HubState {
                 channels: HashMap::new(),
@@ -229,10 +212,9 @@ impl Hub {
             }),
             listener,
             stats,
-            limits,
+            settings: *settings,
             next_id: AtomicU64::new(1),
             wake: Arc::new(Notify::new()),
-            unlisten_delay,
         }
     }
 
@@ -320,7 +302,7 @@ impl Hub {
                 let mut told = HashSet::new();
                 for entry in state.channels.values() {
                     for outbox in entry.subscribers.values() {
-                        if told.insert(outbox.id) {
+                        if told.insert(outbox.id()) {
                             outbox.offer_reset(&marker);
                         }
                     }
@@ -368,7 +350,7 @@ impl Hub {
     /// A new client queue with the hub's limits. `kill` is cancelled when the queue overflows,
     /// so the transport tells the client (close 1013, an error event) and drops the connection.
     pub fn outbox(&self, kill: Option<CancellationToken>) -> (Arc<Outbox>, Inbox) {
-        self.outbox_with(self.limits, kill)
+        self.outbox_with(self.settings.queue, kill)
     }
 
     /// A new client queue with its own limits.
@@ -377,23 +359,7 @@ impl Hub {
         limits: QueueLimits,
         kill: Option<CancellationToken>,
     ) -> (Arc<Outbox>, Inbox) {
-        let (sender, receiver) = mpsc::channel(limits.messages.max(1));
-        let outbox = Arc::new(Outbox {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            sender,
-            queued_bytes: AtomicUsize::new(0),
-            max_bytes: limits.bytes,
-            overflowed: AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
-            missed_reset: Mutex::new(None),
-            taken: AtomicI64::new(0),
-            kill: Mutex::new(kill),
-        });
-        let inbox = Inbox {
-            receiver,
-            outbox: outbox.clone(),
-        };
-        (outbox, inbox)
+        queue::bounded(self.next_id.fetch_add(1, Ordering::Relaxed), limits, kill)
     }
 
     /// Adds `outbox` to `channels` and returns once PostgreSQL LISTENs to all of them, so a
@@ -413,8 +379,8 @@ impl Hub {
         outbox: &Arc<Outbox>,
         channels: &[Channel],
         since: Option<CursorPoint>,
-        timeout: Duration,
     ) -> Result<Subscription, SubscribeError> {
+        let timeout = self.settings.subscribe_timeout;
         let mut confirmations = Vec::with_capacity(channels.len());
         let subscription = {
             let mut state = self.lock();
@@ -431,7 +397,7 @@ impl Hub {
                 entry.idle_since = None;
                 if entry
                     .subscribers
-                    .insert(outbox.id, outbox.clone())
+                    .insert(outbox.id(), outbox.clone())
                     .is_none()
                 {
                     self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -479,7 +445,7 @@ impl Hub {
         })
         .await;
         if confirmed.is_err() {
-            self.unsubscribe(outbox.id, channels);
+            self.unsubscribe(outbox.id(), channels);
             return Err(SubscribeError::Unavailable(timeout));
         }
         Ok(subscription)
@@ -497,7 +463,7 @@ impl Hub {
                 self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             }
             if entry.subscribers.is_empty() {
-                if self.unlisten_delay.is_zero() {
+                if self.settings.unlisten_delay.is_zero() {
                     state.channels.remove(channel);
                     // Issued under the lock, so LISTEN/UNLISTEN reach the listener in map order.
                     self.listener.unlisten(channel.as_str());
@@ -513,7 +479,7 @@ impl Hub {
     /// channels (long polls, reconnects).
     pub fn sweep(&self) {
         let mut state = self.lock();
-        let delay = self.unlisten_delay;
+        let delay = self.settings.unlisten_delay;
         state.channels.retain(|channel, entry| {
             let expired = entry
                 .idle_since
@@ -527,11 +493,12 @@ impl Hub {
 
     /// Runs [`Hub::sweep`] every quarter of the delay until `shutdown`.
     pub async fn sweep_until(self: Arc<Self>, shutdown: CancellationToken) {
-        if self.unlisten_delay.is_zero() {
+        if self.settings.unlisten_delay.is_zero() {
             return;
         }
-        let mut tick =
-            tokio::time::interval((self.unlisten_delay / 4).max(Duration::from_millis(100)));
+        let mut tick = tokio::time::interval(
+            (self.settings.unlisten_delay / 4).max(Duration::from_millis(100)),
+        );
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -558,7 +525,7 @@ impl Hub {
 
     /// True while the LISTEN connection is up.
     pub fn listener_up(&self) -> bool {
-        self.listener.state().borrow().is_up()
+        self.listener.is_up()
     }
 
     /// Channels currently wanted from PostgreSQL.
@@ -594,246 +561,5 @@ impl NotificationSink for Hub {
                 .listener_generation
                 .store(generation, Ordering::Relaxed);
         }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Offer {
-    Queued,
-    Overflowed,
-    Dropped,
-}
-
-/// The sending side of one client's bounded queue, shared by the hub's channel entries.
-#[derive(Debug)]
-pub struct Outbox {
-    id: u64,
-    sender: mpsc::Sender<Arc<Message>>,
-    queued_bytes: AtomicUsize,
-    max_bytes: usize,
-    overflowed: AtomicBool,
-    /// Messages not queued since the overflow.
-    dropped: AtomicU64,
-    /// A reset marker could not be queued (the queue was full): the next reader must be told.
-    missed_reset: Mutex<Option<pgpush_protocol::ResetReason>>,
-    /// The highest durable position a reader took from the queue.
-    taken: AtomicI64,
-    /// The connection to cut when the queue overflows, if one is reading it.
-    kill: Mutex<Option<CancellationToken>>,
-}
-
-impl Outbox {
-    /// The subscriber id used by [`Hub::unsubscribe`].
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Sets (or clears) the connection cut when the queue overflows; a queue that outlives
-    /// its connections (Hippie) changes it as connections come and go.
-    pub fn set_kill(&self, kill: Option<CancellationToken>) {
-        *self.kill.lock().unwrap_or_else(|e| e.into_inner()) = kill;
-    }
-
-    /// Records that a reader took the durable message at `position`.
-    pub fn note_taken(&self, position: i64) {
-        self.taken.fetch_max(position, Ordering::AcqRel);
-    }
-
-    /// The highest durable position a reader took (0 if none).
-    pub fn taken(&self) -> i64 {
-        self.taken.load(Ordering::Acquire)
-    }
-
-    /// If the queue overflowed, re-opens it and returns how many messages were dropped.
-    pub fn take_overflow(&self) -> Option<u64> {
-        self.overflowed
-            .swap(false, Ordering::AcqRel)
-            .then(|| self.dropped.swap(0, Ordering::AcqRel))
-    }
-
-    /// The reset a full queue could not take, once (a queue that outlives its connections tells
-    /// its next reader).
-    pub fn take_missed_reset(&self) -> Option<pgpush_protocol::ResetReason> {
-        self.missed_reset
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-    }
-
-    /// Queues a reset marker like a message; if the queue cannot take it, the client is cut
-    /// (it reconnects with its cursor and is reset then) and the reset is remembered for a
-    /// queue that outlives its connections.
-    fn offer_reset(&self, marker: &Arc<Message>) {
-        if self.offer(marker) != Offer::Queued {
-            *self.missed_reset.lock().unwrap_or_else(|e| e.into_inner()) = marker.reset_reason();
-            if let Some(kill) = &*self.kill.lock().unwrap_or_else(|e| e.into_inner()) {
-                kill.cancel();
-            }
-        }
-    }
-
-    /// Queues `message` without waiting. The first overflow marks the client slow and cancels
-    /// its kill token; after that nothing more is queued (only counted) until
-    /// [`Outbox::take_overflow`].
-    fn offer(&self, message: &Arc<Message>) -> Offer {
-        if self.overflowed.load(Ordering::Acquire) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return Offer::Dropped;
-        }
-        let cost = message.queue_cost();
-        let queued = self.queued_bytes.fetch_add(cost, Ordering::Relaxed) + cost;
-        let result = if queued <= self.max_bytes {
-            self.sender.try_send(message.clone())
-        } else {
-            Err(mpsc::error::TrySendError::Full(message.clone()))
-        };
-        match result {
-            Ok(()) => Offer::Queued,
-            Err(error) => {
-                self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-                if let mpsc::error::TrySendError::Closed(_) = error {
-                    return Offer::Dropped;
-                }
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                self.overflowed.store(true, Ordering::Release);
-                if let Some(kill) = &*self.kill.lock().unwrap_or_else(|e| e.into_inner()) {
-                    kill.cancel();
-                }
-                Offer::Overflowed
-            }
-        }
-    }
-}
-
-/// The receiving side of one client's queue, owned by its connection task.
-#[derive(Debug)]
-pub struct Inbox {
-    receiver: mpsc::Receiver<Arc<Message>>,
-    outbox: Arc<Outbox>,
-}
-
-impl Inbox {
-    /// Waits for at least one message and moves up to `limit` into `batch`. Returns 0 when the
-    /// queue is closed.
-    pub async fn recv_many(&mut self, batch: &mut Vec<Arc<Message>>, limit: usize) -> usize {
-        let before = batch.len();
-        let received = self.receiver.recv_many(batch, limit).await;
-        self.account(&batch[before..]);
-        received
-    }
-
-    /// Moves what is queued right now (up to `limit`) into `batch` without waiting.
-    pub fn try_recv_many(&mut self, batch: &mut Vec<Arc<Message>>, limit: usize) -> usize {
-        let before = batch.len();
-        while batch.len() - before < limit {
-            match self.receiver.try_recv() {
-                Ok(message) => batch.push(message),
-                Err(_) => break,
-            }
-        }
-        self.account(&batch[before..]);
-        batch.len() - before
-    }
-
-    /// The queue's sending side.
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
-    }
-
-    /// Poll form of [`Inbox::recv_many`], for response bodies.
-    pub fn poll_recv_many(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        batch: &mut Vec<Arc<Message>>,
-        limit: usize,
-    ) -> std::task::Poll<usize> {
-        let before = batch.len();
-        let polled = self.receiver.poll_recv_many(cx, batch, limit);
-        if polled.is_ready() {
-            self.account(&batch[before..]);
-        }
-        polled
-    }
-
-    fn account(&self, batch: &[Arc<Message>]) {
-        let cost: usize = batch.iter().map(|m| m.queue_cost()).sum();
-        self.outbox.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-        // A reset marker sets the position (the history changed there, and may be older than
-        // what came before it); what follows it only raises it.
-        let reset = batch.iter().rposition(|m| m.reset_reason().is_some());
-        if let Some(marker) = reset.and_then(|at| batch[at].position()) {
-            self.outbox.taken.store(marker, Ordering::Release);
-        }
-        let after = reset.map_or(0, |at| at + 1);
-        if let Some(position) = batch[after..].iter().rev().find_map(|m| m.position()) {
-            self.outbox.note_taken(position);
-        }
-    }
-}
-
-/// A connection's subscriptions; dropping it unsubscribes everything, so a connection that
-/// ends any way at all leaves no subscriber behind.
-#[derive(Debug)]
-pub struct Session {
-    hub: Arc<Hub>,
-    outbox: Arc<Outbox>,
-    channels: HashSet<Channel>,
-}
-
-impl Session {
-    /// The queue this session subscribes.
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
-    }
-
-    /// An empty session for `outbox`.
-    pub fn new(hub: Arc<Hub>, outbox: Arc<Outbox>) -> Session {
-        Session {
-            hub,
-            outbox,
-            channels: HashSet::new(),
-        }
-    }
-
-    /// Subscribes to `channels` (those already subscribed are no-ops, and get no replay),
-    /// replaying durable events after `since` (see [`Hub::subscribe`]).
-    pub async fn subscribe(
-        &mut self,
-        channels: &[Channel],
-        since: Option<CursorPoint>,
-        timeout: Duration,
-    ) -> Result<Subscription, SubscribeError> {
-        let new: Vec<Channel> = channels
-            .iter()
-            .filter(|c| !self.channels.contains(*c))
-            .cloned()
-            .collect();
-        let subscription = self
-            .hub
-            .subscribe(&self.outbox, &new, since, timeout)
-            .await?;
-        self.channels.extend(new);
-        Ok(subscription)
-    }
-
-    /// The channels subscribed.
-    pub fn channels(&self) -> impl Iterator<Item = &Channel> {
-        self.channels.iter()
-    }
-
-    /// Unsubscribes from `channels`.
-    pub fn unsubscribe(&mut self, channels: &[Channel]) {
-        let removed: Vec<Channel> = channels
-            .iter()
-            .filter(|c| self.channels.remove(*c))
-            .cloned()
-            .collect();
-        self.hub.unsubscribe(self.outbox.id, &removed);
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.hub.unsubscribe(self.outbox.id, &self.channels);
     }
 }

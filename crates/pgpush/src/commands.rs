@@ -1,5 +1,5 @@
-//! The `listen` and `notify` commands: PostgreSQL's notifications (and durable events) on a
-//! terminal.
+//! The small commands: `listen` and `notify` (PostgreSQL's notifications and durable events on
+//! a terminal), `migrate` and `probe`.
 
 use std::{
     io::Write,
@@ -11,12 +11,11 @@ use pgpush_pg::{ConnectOptions, EventStore, Listener, ListenerState, Notificatio
 use pgpush_protocol::Channel;
 use tokio::sync::Notify;
 
-use crate::config::{DatabaseArgs, DemoArgs, DemoCommand, SimulateArgs};
 use tokio_util::sync::CancellationToken;
 
 /// A failure of a command, printed as one line by `main`.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     /// No database URL.
     #[error("no database configured: set DATABASE_URL or --database-url")]
     NoDatabase,
@@ -54,7 +53,7 @@ impl<W: Write> PrintSink<W> {
 
 impl<W: Write + Send + 'static> NotificationSink for PrintSink<W> {
     fn notification(&self, channel: &str, payload: &str, process_id: i32) {
-        if channel == crate::hub::WAKE_CHANNEL {
+        if channel == pgpush_edge::WAKE_CHANNEL {
             self.wake.notify_one();
             return;
         }
@@ -75,7 +74,7 @@ impl<W: Write + Send + 'static> NotificationSink for PrintSink<W> {
 
 /// `pgpush listen <channel>...`: LISTENs (identifier-quoted, case kept) and prints every
 /// notification until `shutdown`, reconnecting and re-LISTENing as needed.
-pub async fn listen(
+pub(crate) async fn listen(
     database_url: Option<String>,
     channels: &[String],
     shutdown: CancellationToken,
@@ -88,7 +87,7 @@ pub async fn listen(
             reason,
         })?;
     }
-    let (listener, task) = Listener::new(options.listener(), &[crate::hub::WAKE_CHANNEL]);
+    let (listener, task) = Listener::new(options.listener(), &[pgpush_edge::WAKE_CHANNEL]);
     let sink = Arc::new(PrintSink {
         out: Mutex::new(std::io::stdout()),
         wake: Notify::new(),
@@ -157,7 +156,7 @@ async fn follow_durable<W: Write + Send + 'static>(
 }
 
 /// `pgpush notify <channel> <payload>`: one `pg_notify`.
-pub async fn notify(
+pub(crate) async fn notify(
     database_url: Option<String>,
     channel: &str,
     payload: &str,
@@ -173,9 +172,9 @@ pub async fn notify(
 }
 
 /// `pgpush migrate`: creates or upgrades the `pgpush` schema, printing what it applied.
-pub async fn migrate(database_url: Option<String>) -> Result<(), CommandError> {
+pub(crate) async fn migrate(database_url: Option<String>) -> Result<(), CommandError> {
     let url = database_url.ok_or(CommandError::NoDatabase)?;
-    let applied = crate::migrate(&ConnectOptions::parse(&url)?).await?;
+    let applied = pgpush_edge::migrate(&ConnectOptions::parse(&url)?).await?;
     if applied.is_empty() {
         println!(
             "pgpush schema is up to date (version {})",
@@ -190,7 +189,7 @@ pub async fn migrate(database_url: Option<String>) -> Result<(), CommandError> {
 }
 
 /// `pgpush probe <url>`: true when the URL answers 200 within 3 seconds.
-pub async fn probe(url: &str) -> bool {
+pub(crate) async fn probe(url: &str) -> bool {
     use http_body_util::Empty;
     use hyper_util::rt::TokioIo;
     let Some(rest) = url.strip_prefix("http://") else {
@@ -216,74 +215,4 @@ pub async fn probe(url: &str) -> bool {
         tokio::time::timeout(std::time::Duration::from_secs(3), attempt).await,
         Ok(Some(true))
     )
-}
-
-/// `pgpush demo setup|simulate`.
-pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> Result<(), CommandError> {
-    let connect = |database: DatabaseArgs| -> Result<ConnectOptions, CommandError> {
-        let url = database.database_url.ok_or(CommandError::NoDatabase)?;
-        Ok(ConnectOptions::parse(&url)?)
-    };
-    match args.command {
-        DemoCommand::Setup { notify, database } => {
-            let options = connect(database)?;
-            let trigger = if notify {
-                pgpush_demo::Trigger::Notify
-            } else {
-                pgpush_demo::Trigger::Durable
-            };
-            demo_setup(&options, trigger).await?;
-            println!("the location demo is set up: open /demo/map on a node started with --demo");
-        }
-        DemoCommand::Simulate { simulate, database } => {
-            let options = connect(database)?;
-            eprintln!(
-                "pgpush demo: moving {} people, {} moves per second (Ctrl-C stops)",
-                simulate.people, simulate.rate
-            );
-            let moves = demo_simulate(&options, &simulate, shutdown).await?;
-            println!("pgpush demo: {moves} moves");
-        }
-    }
-    Ok(())
-}
-
-/// Installs the location demo (and, for the durable trigger, the `pgpush` schema it needs).
-pub async fn demo_setup(
-    options: &ConnectOptions,
-    trigger: pgpush_demo::Trigger,
-) -> Result<(), CommandError> {
-    if trigger == pgpush_demo::Trigger::Durable {
-        crate::migrate(options).await?;
-    }
-    let client = demo_connect(options).await?;
-    pgpush_demo::setup(&client, trigger).await?;
-    Ok(())
-}
-
-/// Runs the people simulator until `shutdown` (or its move limit); returns the moves made.
-pub async fn demo_simulate(
-    options: &ConnectOptions,
-    args: &SimulateArgs,
-    shutdown: CancellationToken,
-) -> Result<u64, CommandError> {
-    let client = demo_connect(options).await?;
-    let simulate = pgpush_demo::SimulateOptions {
-        people: args.people,
-        rate: args.rate,
-        speedup: args.speedup,
-        area: pgpush_demo::Area::default(),
-        moves: args.moves,
-    };
-    Ok(pgpush_demo::simulate(&client, &simulate, shutdown).await?)
-}
-
-async fn demo_connect(options: &ConnectOptions) -> Result<tokio_postgres::Client, CommandError> {
-    let (client, connection) = options
-        .pool()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(pgpush_demo::DemoError::from)?;
-    tokio::spawn(connection);
-    Ok(client)
 }

@@ -10,7 +10,7 @@ use std::{
 
 use pgpush_protocol::ErrorCode;
 
-use crate::http::ApiError;
+use crate::{error::ClientError, settings::LimitSettings};
 
 /// Address entries kept before idle ones are forgotten.
 const ADDRESSES_BEFORE_SWEEP: usize = 10_000;
@@ -45,24 +45,6 @@ impl Bucket {
     }
 }
 
-/// The `rate_limited` error, with the seconds to wait.
-pub(crate) fn rate_limited(wait: Duration, what: &str) -> ApiError {
-    let mut error = ApiError::new(
-        ErrorCode::RateLimited,
-        format!(
-            "too many publishes {what}; retry in {} s",
-            retry_after(wait)
-        ),
-    );
-    error.retry_after = Some(retry_after(wait));
-    error
-}
-
-/// Whole seconds to wait, at least 1 (`Retry-After` has no fractions).
-fn retry_after(wait: Duration) -> u64 {
-    wait.as_secs_f64().ceil().max(1.0) as u64
-}
-
 /// How many of something each client address holds (connections, Hippie queues), bounded;
 /// an address that holds none has no entry.
 #[derive(Debug, Default)]
@@ -92,10 +74,7 @@ impl PerAddress {
 /// The node's limits and their state.
 #[derive(Debug)]
 pub(crate) struct Limits {
-    max_connections: usize,
-    max_per_address: usize,
-    publish_rate: f64,
-    publish_rate_per_address: f64,
+    settings: LimitSettings,
     connections: Mutex<Connections>,
     publishes: Mutex<HashMap<IpAddr, Bucket>>,
 }
@@ -116,13 +95,13 @@ pub(crate) enum Refused {
 }
 
 impl Refused {
-    pub(crate) fn error(self) -> ApiError {
+    pub(crate) fn error(self) -> ClientError {
         match self {
-            Refused::NodeFull => ApiError::new(
+            Refused::NodeFull => ClientError::new(
                 ErrorCode::Unavailable,
                 "this node is at its connection limit; try another",
             ),
-            Refused::AddressFull => ApiError::new(
+            Refused::AddressFull => ClientError::new(
                 ErrorCode::LimitExceeded,
                 "too many connections from your address",
             ),
@@ -148,17 +127,9 @@ impl Drop for ConnectionPermit {
 }
 
 impl Limits {
-    pub(crate) fn new(
-        max_connections: usize,
-        max_per_address: usize,
-        publish_rate: f64,
-        publish_rate_per_address: f64,
-    ) -> Arc<Limits> {
+    pub(crate) fn new(settings: &LimitSettings) -> Arc<Limits> {
         Arc::new(Limits {
-            max_connections,
-            max_per_address,
-            publish_rate,
-            publish_rate_per_address,
+            settings: *settings,
             connections: Mutex::new(Connections::default()),
             publishes: Mutex::new(HashMap::new()),
         })
@@ -175,13 +146,13 @@ impl Limits {
         address: Option<IpAddr>,
     ) -> Result<ConnectionPermit, Refused> {
         let mut connections = self.lock_connections();
-        if connections.total >= self.max_connections {
+        if connections.total >= self.settings.max_connections {
             return Err(Refused::NodeFull);
         }
         if let Some(address) = address
             && !connections
                 .per_address
-                .try_add(address, self.max_per_address)
+                .try_add(address, self.settings.max_connections_per_address)
         {
             return Err(Refused::AddressFull);
         }
@@ -199,19 +170,36 @@ impl Limits {
 
     /// A full publish bucket for a new WebSocket connection.
     pub(crate) fn connection_publishes(&self) -> Bucket {
-        Bucket::full(self.publish_rate)
+        Bucket::full(self.settings.publish_rate)
+    }
+
+    /// `limit_exceeded` when a connection holding `existing` channels would hold more than
+    /// `max_subscriptions` after `new` more.
+    pub(crate) fn check_subscriptions(
+        &self,
+        existing: usize,
+        new: usize,
+    ) -> Result<(), ClientError> {
+        let max = self.settings.max_subscriptions;
+        if existing + new > max {
+            return Err(ClientError::new(
+                ErrorCode::LimitExceeded,
+                format!("a connection may subscribe to at most {max} channels"),
+            ));
+        }
+        Ok(())
     }
 
     /// Takes one publish from a WebSocket connection's bucket.
-    pub(crate) fn publish_on(&self, connection: &mut Bucket) -> Result<(), ApiError> {
+    pub(crate) fn publish_on(&self, connection: &mut Bucket) -> Result<(), ClientError> {
         connection
-            .take(self.publish_rate)
-            .map_err(|wait| rate_limited(wait, "on this connection"))
+            .take(self.settings.publish_rate)
+            .map_err(|wait| ClientError::rate_limited(wait, "on this connection"))
     }
 
     /// Takes one publish from `address`'s bucket.
-    pub(crate) fn publish_from(&self, address: IpAddr) -> Result<(), ApiError> {
-        let rate = self.publish_rate_per_address;
+    pub(crate) fn publish_from(&self, address: IpAddr) -> Result<(), ClientError> {
+        let rate = self.settings.publish_rate_per_address;
         let mut buckets = self.publishes.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= ADDRESSES_BEFORE_SWEEP {
             // A bucket idle for a second is full again: forgetting it changes nothing.
@@ -222,7 +210,7 @@ impl Limits {
             .entry(address)
             .or_insert_with(|| Bucket::full(rate))
             .take(rate)
-            .map_err(|wait| rate_limited(wait, "from your address"))
+            .map_err(|wait| ClientError::rate_limited(wait, "from your address"))
     }
 }
 
@@ -232,7 +220,13 @@ mod tests {
 
     #[test]
     fn connections_are_counted_per_node_and_per_address() {
-        let limits = Limits::new(3, 2, 10.0, 10.0);
+        let limits = Limits::new(&LimitSettings {
+            max_connections: 3,
+            max_connections_per_address: 2,
+            max_subscriptions: 10,
+            publish_rate: 10.0,
+            publish_rate_per_address: 10.0,
+        });
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let first = limits.admit(Some(a)).unwrap();
@@ -256,6 +250,6 @@ mod tests {
         }
         let wait = bucket.take(5.0).unwrap_err();
         assert!(wait <= Duration::from_millis(200), "{wait:?}");
-        assert_eq!(retry_after(wait), 1);
+        assert_eq!(ClientError::rate_limited(wait, "here").retry_after, Some(1));
     }
 }

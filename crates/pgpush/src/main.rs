@@ -1,14 +1,21 @@
-//! The `pgpush` binary: parses configuration, starts logging, runs a command, exits.
+//! The `pgpush` binary: parses the command line, starts logging, runs a command, exits.
 
-use std::{io::Write, process::ExitCode};
+mod args;
+mod commands;
+mod demo;
+mod nginx;
+mod up;
+
+use std::{io::Write, process::ExitCode, sync::Arc};
 
 use clap::Parser;
-use pgpush_edge::{
-    cli,
-    config::{Cli, CliCommand},
-};
 use pgpush_pg::throwaway::ThrowawayPostgres;
 use tokio_util::sync::CancellationToken;
+
+use crate::{
+    args::{Cli, CliCommand},
+    commands as cli,
+};
 
 /// Exit code for bad configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -44,7 +51,7 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
     // Logging and the trace exporter (whose batch task runs on the runtime).
     let telemetry = {
         let _context = runtime.enter();
-        pgpush_edge::telemetry::init()
+        pgpush_edge::ops::telemetry::init()
     };
     // A throwaway cluster is started on the main thread: its postmaster is tied to the
     // starting thread's life, and the main thread lives as long as we do.
@@ -67,13 +74,15 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         match cli.command {
-            CliCommand::Serve(mut config) => {
+            CliCommand::Serve(args) => {
+                let mut settings = args.settings();
                 if let Some(cluster) = &throwaway {
                     // Our own database: give it the schema durable channels need.
-                    config.database.database_url = Some(cluster.url());
-                    config.durable.migrate = true;
+                    settings.database_url = Some(cluster.url());
+                    settings.migrate = true;
                 }
-                pgpush_edge::run(*config, shutdown, |bound| {
+                let demo = Arc::new(demo::DemoRoutes { enabled: args.demo });
+                pgpush_edge::run(settings, vec![demo], shutdown, |bound| {
                     let mut out = std::io::stdout();
                     if let Some(metrics) = bound.metrics {
                         let _ = writeln!(out, "pgpush metrics on http://{metrics}");
@@ -103,7 +112,7 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
                     .clone()
                     .or_else(|| throwaway.as_ref().map(ThrowawayPostgres::url))
                     .unwrap_or_default();
-                pgpush_edge::up::up(*args, url, shutdown)
+                up::up(*args, url, shutdown)
                     .await
                     .map_err(|e| (1, e.into()))
             }
@@ -115,14 +124,14 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
                 }
             }
             CliCommand::NginxConfig(args) => {
-                use pgpush_edge::nginx::{StreamModule, find_nginx};
+                use nginx::{StreamModule, find_nginx};
                 let stream_module = match args.stream_module.as_str() {
                     "built-in" => StreamModule::BuiltIn,
                     "auto" => find_nginx(&args.nginx)
                         .map_or(StreamModule::BuiltIn, |nginx| StreamModule::of(&nginx)),
                     path => StreamModule::Load(path.into()),
                 };
-                let config = pgpush_edge::nginx::NginxConfig {
+                let config = nginx::NginxConfig {
                     stream_module,
                     mode: args.mode,
                     listen: args.listen,
@@ -135,7 +144,7 @@ fn run(cli: Cli) -> Result<(), (u8, anyhow::Error)> {
                 print!("{}", config.render());
                 Ok(())
             }
-            CliCommand::Demo(args) => cli::demo(args, shutdown).await.map_err(command_error),
+            CliCommand::Demo(args) => demo::demo(args, shutdown).await.map_err(command_error),
             CliCommand::Notify(args) => {
                 cli::notify(args.database.database_url, &args.channel, &args.payload)
                     .await

@@ -1,5 +1,5 @@
-//! Admitting a client request: its `Origin`, and its JWT (HS256 secret or a JWKS file that is
-//! re-read when it changes) turned into a [`Grant`].
+//! Admission: who may connect (origins, JWTs from an HS256 secret or a JWKS file re-read when
+//! it changes), which channels a grant reaches (`policy`), and how much they may do (`limits`).
 
 use std::{
     path::PathBuf,
@@ -14,11 +14,11 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{
-    config::SecurityArgs,
-    http::ApiError,
-    policy::{AllowLists, Grant, Pattern, TokenGrant},
-};
+pub(crate) mod limits;
+pub(crate) mod policy;
+
+use crate::{error::ClientError, settings::AdmissionSettings};
+use policy::{AllowLists, Grant, Pattern, TokenGrant};
 
 /// The algorithms a token may be signed with.
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256];
@@ -84,7 +84,7 @@ struct Tokens {
 
 impl Admission {
     /// Builds the rules from the configuration (reading the JWKS file once).
-    pub(crate) fn new(config: &SecurityArgs) -> Result<Admission, AuthSetupError> {
+    pub(crate) fn new(config: &AdmissionSettings) -> Result<Admission, AuthSetupError> {
         let lists = Arc::new(AllowLists {
             subscribe: Pattern::parse_all(&config.subscribe_allow),
             publish: Pattern::parse_all(&config.publish_allow),
@@ -129,13 +129,13 @@ impl Admission {
         &self,
         headers: &HeaderMap,
         query_token: Option<&str>,
-    ) -> Result<Grant, ApiError> {
+    ) -> Result<Grant, ClientError> {
         self.check_origin(headers)?;
         let Some(tokens) = &self.tokens else {
             return Ok(Grant::new(self.lists.clone(), None));
         };
         let token = bearer(headers).or(query_token).ok_or_else(|| {
-            ApiError::new(
+            ClientError::new(
                 ErrorCode::Unauthorized,
                 "a token is required: Authorization: Bearer <token>, or ?token=<token>",
             )
@@ -145,7 +145,7 @@ impl Admission {
     }
 
     /// The grant of a fresh token sent on an open connection (without tokens: the node's lists).
-    pub(crate) fn reauthorize(&self, token: &str) -> Result<Grant, ApiError> {
+    pub(crate) fn reauthorize(&self, token: &str) -> Result<Grant, ClientError> {
         let token = match &self.tokens {
             Some(tokens) => Some(tokens.verify(token)?),
             None => None,
@@ -153,7 +153,7 @@ impl Admission {
         Ok(Grant::new(self.lists.clone(), token))
     }
 
-    fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    fn check_origin(&self, headers: &HeaderMap) -> Result<(), ClientError> {
         let Some(origin) = headers.get(header::ORIGIN) else {
             // Not a browser request (or a same-origin GET): nothing to check.
             return Ok(());
@@ -169,7 +169,7 @@ impl Admission {
         {
             Ok(())
         } else {
-            Err(ApiError::new(
+            Err(ClientError::new(
                 ErrorCode::Forbidden,
                 format!("origin {origin:?} is not allowed"),
             ))
@@ -211,8 +211,8 @@ impl Admission {
 }
 
 impl Tokens {
-    fn verify(&self, token: &str) -> Result<TokenGrant, ApiError> {
-        let unauthorized = |reason: &str| ApiError::new(ErrorCode::Unauthorized, reason);
+    fn verify(&self, token: &str) -> Result<TokenGrant, ClientError> {
+        let unauthorized = |reason: &str| ClientError::new(ErrorCode::Unauthorized, reason);
         // `alg: none` and algorithms we do not accept fail here, before any key is tried.
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| unauthorized("the token is malformed or its algorithm is not accepted"))?;

@@ -1,4 +1,5 @@
-//! The pages and files every node serves: `/`, `/stats`, the browser client, the demo pages.
+//! The pages and files every node serves: `/`, `/stats`, the browser client, and the pages the
+//! binary adds (the demos').
 
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -8,36 +9,37 @@ const HTML: &str = "text/html; charset=utf-8";
 
 /// (path, content type, body), compiled into the binary.
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("/", HTML, include_str!("../web/index.html")),
-    ("/stats", HTML, include_str!("../web/stats.html")),
+    ("/", HTML, include_str!("../../web/index.html")),
+    ("/stats", HTML, include_str!("../../web/stats.html")),
     (
         "/site.css",
         "text/css; charset=utf-8",
-        include_str!("../web/site.css"),
+        include_str!("../../web/site.css"),
     ),
     (
         "/site.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/site.js"),
+        include_str!("../../web/site.js"),
     ),
     (
         "/pgpush.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../../clients/js/pgpush.js"),
+        include_str!("../../../../clients/js/pgpush.js"),
     ),
     (
         "/pgpush.d.ts",
         "application/typescript; charset=utf-8",
-        include_str!("../../../clients/js/pgpush.d.ts"),
+        include_str!("../../../../clients/js/pgpush.d.ts"),
     ),
 ];
 
-/// The response for a GET of `path`, when it is one of the files.
-pub(crate) fn get(path: &str) -> Option<Response<Body>> {
+/// The response for a GET of `path`, when it is one of the files or of the `extra` HTML pages
+/// (path, text).
+pub(crate) fn get(path: &str, extra: &[(&'static str, &'static str)]) -> Option<Response<Body>> {
     let (content_type, body) = ASSETS
         .iter()
         .map(|(p, content_type, body)| (*p, *content_type, *body))
-        .chain(pgpush_demo::PAGES.iter().map(|(p, body)| (*p, HTML, *body)))
+        .chain(extra.iter().map(|(p, body)| (*p, HTML, *body)))
         .find(|(p, _, _)| *p == path)
         .map(|(_, content_type, body)| (content_type, body))?;
     let mut response = Response::new(full(body));

@@ -8,7 +8,7 @@ use std::{
 
 /// How nginx proxies to the nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum NginxMode {
+pub(crate) enum NginxMode {
     /// The stream (TCP) module: an L4 proxy, optionally with the PROXY protocol.
     Stream,
     /// The HTTP proxy: WebSocket upgrade, unbuffered streams, `X-Forwarded-For`.
@@ -17,28 +17,28 @@ pub enum NginxMode {
 
 /// What to render.
 #[derive(Debug, Clone)]
-pub struct NginxConfig {
+pub(crate) struct NginxConfig {
     /// Proxy mode.
-    pub mode: NginxMode,
+    pub(crate) mode: NginxMode,
     /// Where nginx accepts clients.
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// The nodes, as `host:port`.
-    pub nodes: Vec<String>,
+    pub(crate) nodes: Vec<String>,
     /// nginx's prefix directory (pid file, logs, temp files).
-    pub prefix: PathBuf,
+    pub(crate) prefix: PathBuf,
     /// Send a PROXY protocol header to the nodes (stream mode).
-    pub proxy_protocol: bool,
+    pub(crate) proxy_protocol: bool,
     /// The nodes' Hippie prefix (http mode routes it by client_id).
-    pub hippie_prefix: String,
+    pub(crate) hippie_prefix: String,
     /// Worker processes.
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// How the stream module is there (stream mode).
-    pub stream_module: StreamModule,
+    pub(crate) stream_module: StreamModule,
 }
 
 /// How an nginx build has its stream module.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamModule {
+pub(crate) enum StreamModule {
     /// Compiled in (nginx.org's packages and the official `nginx` images): nothing to load.
     BuiltIn,
     /// A dynamic module to load first (Debian's `libnginx-mod-stream`).
@@ -48,7 +48,7 @@ pub enum StreamModule {
 impl StreamModule {
     /// What the nginx binary at `nginx` needs, from its `nginx -V` configure arguments; when
     /// there is no such binary, what this machine's module files say.
-    pub fn of(nginx: &Path) -> StreamModule {
+    pub(crate) fn of(nginx: &Path) -> StreamModule {
         let configured = std::process::Command::new(nginx)
             .arg("-V")
             .output()
@@ -69,7 +69,7 @@ const HTTP_TEMPLATE: &str = include_str!("../../../nginx/http.conf.template");
 
 /// The nginx binary `configured` names: a path as given, or a name looked up on `PATH` and in
 /// the sbin directories.
-pub fn find_nginx(configured: &Path) -> Option<PathBuf> {
+pub(crate) fn find_nginx(configured: &Path) -> Option<PathBuf> {
     if configured.components().count() > 1 {
         return configured.is_file().then(|| configured.to_path_buf());
     }
@@ -81,11 +81,11 @@ pub fn find_nginx(configured: &Path) -> Option<PathBuf> {
 }
 
 /// Where Debian's libnginx-mod-stream puts the stream module.
-pub const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+pub(crate) const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
 impl NginxConfig {
     /// The configuration file's text.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut servers = String::new();
         for node in &self.nodes {
             let _ = writeln!(

@@ -1,16 +1,18 @@
-//! Subscribing with a cursor: what a client missed, as a stream of batches to send before its
-//! live queue (memory first, then the events table in batches), or a reset.
+//! Subscribing with a cursor, and the one pager of what a client missed: batches to send before
+//! its live queue (memory first, then the events table a query per batch), or a reset.
 
 use std::sync::Arc;
 
 use futures_util::{Stream, stream};
-use pgpush_protocol::{Channel, CursorPoint, ErrorCode, Message, ResetReason};
+use pgpush_protocol::{Channel, ErrorCode, Message, ResetReason};
 
 use crate::{
-    Node,
-    durable::{Durable, Replayed},
-    http::ApiError,
-    hub::{Replay, Session},
+    core::{
+        durable::{Durable, Replayed},
+        hub::{Replay, Subscription},
+        session::Session,
+    },
+    error::ClientError,
 };
 
 /// One step of a replay.
@@ -24,43 +26,22 @@ pub(crate) enum ReplayBatch {
     Reset(ResetReason),
 }
 
-/// A subscription made with an optional cursor.
-#[derive(Debug)]
-pub(crate) struct Resumed {
-    /// The point of the durable head when the subscriber was registered: the connection's
-    /// cursor once the replay is sent.
-    pub(crate) head_point: Option<CursorPoint>,
-    /// What to replay.
-    pub(crate) replay: Replay,
-}
-
-impl Resumed {
-    /// The connection's cursor once the replay is sent: the registration head.
-    pub(crate) fn cursor(&self, durable: &Durable) -> Option<String> {
-        durable.encode(self.head_point?)
-    }
-}
-
 /// Subscribes `session` to `channels`, resuming after `cursor` when given. Errors are
 /// `bad_cursor` (malformed or forged) and `unavailable` (database or LISTEN not ready).
 pub(crate) async fn subscribe(
-    node: &Node,
+    durable: &Durable,
     session: &mut Session,
     channels: &[Channel],
     cursor: Option<&str>,
-) -> Result<Resumed, ApiError> {
+) -> Result<Subscription, ClientError> {
     let since = match cursor {
-        Some(cursor) => Some(node.durable.resume_point(cursor).await?),
+        Some(cursor) => Some(durable.resume_point(cursor).await?),
         None => None,
     };
-    let subscription = session
-        .subscribe(channels, since, node.config.subscribe_timeout)
+    session
+        .subscribe(channels, since)
         .await
-        .map_err(|error| ApiError::new(ErrorCode::Unavailable, error.to_string()))?;
-    Ok(Resumed {
-        head_point: subscription.cursor,
-        replay: subscription.replay,
-    })
+        .map_err(|error| ClientError::new(ErrorCode::Unavailable, error.to_string()))
 }
 
 /// The replay as batches: the memory part at once, the database part one query per batch.
@@ -68,7 +49,7 @@ pub(crate) fn batches(
     durable: Arc<Durable>,
     channels: Vec<Channel>,
     replay: Replay,
-) -> impl Stream<Item = Result<ReplayBatch, ApiError>> + Send + 'static {
+) -> impl Stream<Item = Result<ReplayBatch, ClientError>> + Send + 'static {
     enum State {
         Memory(Vec<Arc<Message>>),
         Database { from: i64, upto: i64 },

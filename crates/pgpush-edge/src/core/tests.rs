@@ -1,0 +1,222 @@
+//! Unit tests of the core, in-process, with a fake LISTEN set: fan-out, the queues' overflow,
+//! and replay-then-live.
+
+use std::{sync::Arc, time::Duration};
+
+use pgpush_pg::{Epoch, History};
+use pgpush_protocol::{Channel, CursorPoint, Message, Payload};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    core::{
+        hub::{Hub, Replay},
+        listen::FakeListenSet,
+        queue::Inbox,
+        session::Session,
+    },
+    ops::stats::Stats,
+    settings::{HubSettings, QueueLimits, RecentLimits},
+};
+
+pub(crate) fn hub_with(
+    queue_messages: usize,
+    recent_messages: usize,
+) -> (Arc<Hub>, Arc<FakeListenSet>) {
+    let listener = Arc::new(FakeListenSet::default());
+    let settings = HubSettings {
+        queue: QueueLimits {
+            messages: queue_messages,
+            bytes: 1 << 20,
+        },
+        recent: RecentLimits {
+            messages: recent_messages,
+            bytes: 1 << 20,
+        },
+        unlisten_delay: Duration::ZERO,
+        subscribe_timeout: Duration::from_secs(1),
+    };
+    let hub = Arc::new(Hub::new(
+        listener.clone(),
+        Arc::new(Stats::default()),
+        &settings,
+    ));
+    (hub, listener)
+}
+
+fn channel(name: &str) -> Channel {
+    Channel::new(name).unwrap()
+}
+
+fn ephemeral(channel: Channel, text: &str) -> Message {
+    Message::ephemeral(channel, Payload::new(text))
+}
+
+fn durable(name: &str, position: i64) -> Message {
+    Message::durable(
+        channel(name),
+        Payload::new(format!("{{\"n\":{position}}}")),
+        position,
+        format!("cursor-{position}"),
+    )
+}
+
+/// A history of one epoch, as a fresh database has.
+fn one_epoch() -> Arc<History> {
+    let epoch = Epoch {
+        seq: 1,
+        id: 7,
+        first_position: 1,
+        forked_after: 0,
+    };
+    Arc::new(History::new(vec![epoch]).unwrap())
+}
+
+fn positions(messages: &[Arc<Message>]) -> Vec<i64> {
+    messages.iter().filter_map(|m| m.position()).collect()
+}
+
+fn queued(inbox: &mut Inbox) -> Vec<Arc<Message>> {
+    let mut batch = Vec::new();
+    inbox.try_recv_many(&mut batch, usize::MAX);
+    batch
+}
+
+#[tokio::test]
+async fn each_subscriber_gets_each_message_once_and_postgres_is_asked_once_per_channel() {
+    let (hub, listener) = hub_with(16, 16);
+    let (first_outbox, mut first) = hub.outbox(None);
+    let (second_outbox, mut second) = hub.outbox(None);
+    let mut first_session = Session::new(hub.clone(), first_outbox);
+    let mut second_session = Session::new(hub.clone(), second_outbox);
+    let chat = channel("chat");
+    first_session
+        .subscribe(std::slice::from_ref(&chat), None)
+        .await
+        .unwrap();
+    second_session
+        .subscribe(&[chat.clone(), chat.clone(), channel("other")], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        listener.listens("chat"),
+        1,
+        "one LISTEN for both subscribers"
+    );
+
+    assert!(hub.fan_out("chat", |c| ephemeral(c, "1")));
+    assert!(!hub.fan_out("nobody", |c| ephemeral(c, "x")));
+    assert_eq!(queued(&mut first).len(), 1);
+    assert_eq!(queued(&mut second).len(), 1);
+
+    drop(first_session);
+    assert_eq!(listener.unlistens(), 0, "a subscriber is left");
+    second_session.unsubscribe(&[chat]);
+    assert_eq!(listener.unlistens(), 1, "the last one leaving UNLISTENs");
+    assert!(!hub.fan_out("chat", |c| ephemeral(c, "2")));
+}
+
+#[tokio::test]
+async fn an_overflowing_queue_cuts_its_client_alone_and_counts_what_it_dropped() {
+    let (hub, _) = hub_with(2, 16);
+    let kill = CancellationToken::new();
+    let (slow_outbox, mut slow) = hub.outbox(Some(kill.clone()));
+    let (fast_outbox, mut fast) = hub.outbox(None);
+    let mut slow_session = Session::new(hub.clone(), slow_outbox.clone());
+    let mut fast_session = Session::new(hub.clone(), fast_outbox);
+    slow_session
+        .subscribe(&[channel("feed")], None)
+        .await
+        .unwrap();
+    fast_session
+        .subscribe(&[channel("feed")], None)
+        .await
+        .unwrap();
+
+    for n in 0..2 {
+        hub.fan_out("feed", |c| ephemeral(c, &n.to_string()));
+        assert_eq!(queued(&mut fast).len(), 1, "the fast reader keeps up");
+    }
+    assert!(!kill.is_cancelled());
+    for n in 2..5 {
+        hub.fan_out("feed", |c| ephemeral(c, &n.to_string()));
+        assert_eq!(
+            queued(&mut fast).len(),
+            1,
+            "nobody else waits for the slow one"
+        );
+    }
+    assert!(kill.is_cancelled(), "the overflow cuts the slow client");
+    assert_eq!(queued(&mut slow).len(), 2, "what fit is still there");
+    assert_eq!(slow_outbox.take_overflow(), Some(3));
+    assert_eq!(slow_outbox.take_overflow(), None, "reported once");
+}
+
+#[tokio::test]
+async fn replay_then_live_has_no_gap_and_no_duplicate() {
+    let (hub, _) = hub_with(64, 64);
+    hub.start_durable(0, one_epoch());
+    hub.fan_out_durable((1..=5).map(|p| durable("orders", p)).collect(), None);
+
+    let (outbox, mut inbox) = hub.outbox(None);
+    let mut session = Session::new(hub.clone(), outbox);
+    let since = CursorPoint {
+        epoch: None,
+        position: 2,
+    };
+    let subscription = session
+        .subscribe(&[channel("orders")], Some(since))
+        .await
+        .unwrap();
+    assert_eq!(subscription.head, Some(5));
+    let Replay::Memory(replayed) = subscription.replay else {
+        panic!(
+            "recent events replay from memory: {:?}",
+            subscription.replay
+        )
+    };
+    // Fan-out after the registration reaches the queue; an event at or below the head again
+    // (a reader retrying a batch) does not.
+    hub.fan_out_durable(vec![durable("orders", 5), durable("orders", 6)], None);
+    hub.fan_out_durable(vec![durable("orders", 7)], Some(9));
+
+    let mut delivered = positions(&replayed);
+    delivered.extend(positions(&queued(&mut inbox)));
+    assert_eq!(delivered, vec![3, 4, 5, 6, 7]);
+    assert_eq!(hub.cursor_point(9).map(|p| p.position), Some(9));
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_memory_replays_from_the_database_and_an_unknown_epoch_resets() {
+    let (hub, _) = hub_with(64, 2);
+    hub.start_durable(0, one_epoch());
+    hub.fan_out_durable((1..=5).map(|p| durable("orders", p)).collect(), None);
+    let (outbox, _inbox) = hub.outbox(None);
+    let mut session = Session::new(hub.clone(), outbox.clone());
+    let old = CursorPoint {
+        epoch: None,
+        position: 1,
+    };
+    let subscription = session
+        .subscribe(&[channel("orders")], Some(old))
+        .await
+        .unwrap();
+    assert!(
+        matches!(subscription.replay, Replay::Database { after: 1, upto: 5 }),
+        "{:?}",
+        subscription.replay
+    );
+    let mut other = Session::new(hub.clone(), hub.outbox(None).0);
+    let elsewhere = CursorPoint {
+        epoch: Some(99),
+        position: 3,
+    };
+    let subscription = other
+        .subscribe(&[channel("orders")], Some(elsewhere))
+        .await
+        .unwrap();
+    assert!(
+        matches!(subscription.replay, Replay::Lost),
+        "{:?}",
+        subscription.replay
+    );
+}
