@@ -11,8 +11,11 @@ use std::{
 };
 
 use pgpush_tests::{
-    Edge, EdgeOptions, Nginx, SseClient, TestPostgres, WsClient, durable::ResumingSubscriber, http,
-    raw::MxhrClient, wait_until,
+    Edge, EdgeOptions, Nginx, SseClient, TestPostgres, WsClient,
+    durable::{self, ResumingSubscriber},
+    http,
+    raw::MxhrClient,
+    wait_until,
 };
 use serde_json::{Value, json};
 
@@ -111,20 +114,6 @@ fn spawn_writer(
             tokio::time::sleep(every).await;
         }
     })
-}
-
-async fn stored(pg: &TestPostgres, channel: &str) -> Vec<Value> {
-    pg.client()
-        .await
-        .query(
-            "SELECT payload FROM pgpush.events WHERE channel = $1 ORDER BY position",
-            &[&channel],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| serde_json::from_str(row.get::<_, &str>(0)).unwrap())
-        .collect()
 }
 
 async fn every_transport_through_nginx(mode: &'static str) {
@@ -245,7 +234,11 @@ async fn survive(cluster: &mut Cluster, fault: &str) -> Vec<ResumingSubscriber> 
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
-    let expected = stored(&cluster.pg, "stream").await;
+    let expected: Vec<Value> = durable::stored(&cluster.pg, "stream")
+        .await
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect();
     let readers: Vec<_> = subscribers
         .into_iter()
         .map(|mut s| {

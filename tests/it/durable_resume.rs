@@ -5,37 +5,24 @@ use std::time::Duration;
 
 use pgpush_tests::{
     Edge, EdgeOptions, SseClient, TestPostgres, WsClient,
-    durable::{ResumingSubscriber, position_of},
+    durable::{ResumingSubscriber, position_of, publish_numbers},
     http, wait_until,
 };
 use serde_json::json;
 
 use crate::SOON;
 
-async fn publish(pg: &TestPostgres, channel: &str, range: std::ops::RangeInclusive<i32>) {
-    let client = pg.client().await;
-    for n in range {
-        client
-            .execute(
-                "SELECT pgpush.publish($1, $2::text)",
-                &[&channel, &n.to_string()],
-            )
-            .await
-            .unwrap();
-    }
-}
-
 async fn resume_after_a_disconnect(options: EdgeOptions) {
     let pg = TestPostgres::start();
     let edge = Edge::start_with(&pg.url(), options).await;
     let mut subscriber = ResumingSubscriber::new(vec![edge.address()], 0, &["feed"]);
     subscriber.connect().await;
-    publish(&pg, "feed", 1..=5).await;
+    publish_numbers(&pg, "feed", 1..=5).await;
     subscriber.receive_until(5, SOON).await;
     let cursor = subscriber.cursor.clone().unwrap();
     drop(subscriber);
-    publish(&pg, "feed", 6..=40).await;
-    publish(&pg, "other", 1..=5).await;
+    publish_numbers(&pg, "feed", 6..=40).await;
+    publish_numbers(&pg, "other", 1..=5).await;
     wait_until(SOON, "node caught up", || async {
         edge.stats().await.durable_head == Some(45)
     })
@@ -65,7 +52,7 @@ async fn resume_after_a_disconnect(options: EdgeOptions) {
     }
     assert_eq!(sse.next_event(SOON).await.unwrap().event, "subscribed");
     // Live messages follow the replay without a gap or a repeat.
-    publish(&pg, "feed", 41..=42).await;
+    publish_numbers(&pg, "feed", 41..=42).await;
     assert_eq!(ws.next_message(SOON).await["data"], 41);
     assert_eq!(ws.next_message(SOON).await["data"], 42);
     assert_eq!(sse.next_message(SOON).await.1["data"], 41);
@@ -96,7 +83,7 @@ async fn long_and_interval_polling_with_a_cursor() {
     let first = http::get(address, "/v1/poll?channel=p").await.json();
     assert_eq!(first["messages"], json!([]));
     let mut cursor = first["cursor"].as_str().unwrap().to_owned();
-    publish(&pg, "p", 1..=2500).await;
+    publish_numbers(&pg, "p", 1..=2500).await;
     // Long replays come in pages of 1,000 (from the table: the cache holds only 10).
     let mut got = Vec::new();
     while got.len() < 2500 {
@@ -133,7 +120,7 @@ async fn long_and_interval_polling_with_a_cursor() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    publish(&pg, "p", 2501..=2501).await;
+    publish_numbers(&pg, "p", 2501..=2501).await;
     let answer = waiting.await.unwrap();
     assert_eq!(answer["messages"][0]["data"], 2501);
     assert_eq!(answer["cursor"], answer["messages"][0]["cursor"]);
@@ -163,10 +150,10 @@ async fn a_cursor_older_than_retention_gets_reset_and_a_forged_one_bad_cursor() 
     let address = edge.address();
     let mut subscriber = ResumingSubscriber::new(vec![address], 0, &["r"]);
     subscriber.connect().await;
-    publish(&pg, "r", 1..=3).await;
+    publish_numbers(&pg, "r", 1..=3).await;
     subscriber.receive_until(3, SOON).await;
     let old = subscriber.received[0].cursor.clone();
-    publish(&pg, "r", 4..=60).await;
+    publish_numbers(&pg, "r", 4..=60).await;
     wait_until(SOON, "retention ran", || async {
         let floor: i64 = pg
             .client()
@@ -187,7 +174,7 @@ async fn a_cursor_older_than_retention_gets_reset_and_a_forged_one_bad_cursor() 
     let subscribed = ws.next_json(SOON).await;
     assert_eq!(subscribed["type"], "subscribed");
     assert_eq!(position_of(subscribed["cursor"].as_str().unwrap()), 60);
-    publish(&pg, "r", 61..=61).await;
+    publish_numbers(&pg, "r", 61..=61).await;
     assert_eq!(
         ws.next_message(SOON).await["data"],
         61,

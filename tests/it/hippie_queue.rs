@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use pgpush_tests::{Edge, EdgeOptions, TestPostgres, WsClient, http, raw::MxhrClient, wait_until};
+use pgpush_tests::{
+    Edge, EdgeOptions, TestPostgres, WsClient, durable::publish_numbers, http, raw::MxhrClient,
+    wait_until,
+};
 use serde_json::{Value, json};
 
 use crate::SOON;
@@ -258,19 +261,6 @@ async fn ten_thousand_made_up_client_ids_get_bounded_queues_and_leave_nothing_be
     );
 }
 
-async fn publish_durable(pg: &TestPostgres, channel: &str, range: std::ops::RangeInclusive<i32>) {
-    let client = pg.client().await;
-    for n in range {
-        client
-            .execute(
-                "SELECT pgpush.publish($1, $2::text)",
-                &[&channel, &n.to_string()],
-            )
-            .await
-            .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn hippie_clients_resume_durable_messages_on_another_node() {
     let pg = TestPostgres::start();
@@ -289,7 +279,7 @@ async fn hippie_clients_resume_durable_messages_on_another_node() {
         stream.next_json(SOON).await.unwrap(),
         set_client_id("streamer")
     );
-    publish_durable(&pg, "h", 1..=5).await;
+    publish_numbers(&pg, "h", 1..=5).await;
     let mut got = Vec::new();
     while got.len() < 5 {
         got.extend(
@@ -309,10 +299,10 @@ async fn hippie_clients_resume_durable_messages_on_another_node() {
     // Polling again acknowledges the previous answer; the stream acknowledges after a while.
     assert_eq!(http::get(first.address(), poll).await.json(), json!([]));
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    publish_durable(&pg, "h", 6..=8).await;
+    publish_numbers(&pg, "h", 6..=8).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     first.kill().await;
-    publish_durable(&pg, "h", 9..=10).await;
+    publish_numbers(&pg, "h", 9..=10).await;
 
     // Both come back on the other node with their ids and lose nothing.
     let resumed = http::get(second.address(), poll).await.json();

@@ -5,14 +5,12 @@
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use pgpush_tests::{
-    edge::{Edge, loadgen_binary, pgpush_binary},
+    edge::{Edge, loadgen_binary},
     postgres::TestPostgres,
+    up::Up,
 };
 use serde_json::Value;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Command,
-};
+use tokio::process::Command;
 
 fn loadtest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -71,37 +69,8 @@ fn every_scenario_has_a_k6_script_that_node_accepts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn smoke_two_thousand_mixed_clients_through_a_cluster_lose_nothing() {
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut up = Command::new(pgpush_binary())
-        .args([
-            "up",
-            "--nodes",
-            "3",
-            "--mode",
-            "stream",
-            "--listen",
-            &listen.to_string(),
-        ])
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.starts_with("Press Ctrl-C") {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("pgpush up came up");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut up = Up::start(&["--nodes", "3", "--mode", "stream"]).await;
+    let listen = up.listen;
     // No threshold on times in CI: loss, duplicates, order and connect failures only.
     let listen_url = format!("http://{listen}");
     let summary = run_loadgen(&[
@@ -131,10 +100,10 @@ async fn smoke_two_thousand_mixed_clients_through_a_cluster_lose_nothing() {
         "{summary:#}"
     );
     std::process::Command::new("kill")
-        .args(["-INT", &up.id().unwrap().to_string()])
+        .args(["-INT", &up.process.id().unwrap().to_string()])
         .status()
         .unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(60), up.wait())
+    let exit = tokio::time::timeout(Duration::from_secs(60), up.process.wait())
         .await
         .unwrap()
         .unwrap();

@@ -1,14 +1,11 @@
 //! `pgpush up`: the README's main command brings up nodes, nginx and a database, serves, and on
 //! Ctrl-C stops every process it started and removes its files.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
-use pgpush_tests::{WsClient, edge::pgpush_binary, http};
+use pgpush_tests::{WsClient, edge::pgpush_binary, http, up::Up};
 use serde_json::json;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Command,
-};
+use tokio::process::Command;
 
 use crate::SOON;
 
@@ -31,53 +28,10 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_with_the_demo_serves_through_nginx_and_stops_everything_on_ctrl_c() {
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut up = Command::new(pgpush_binary())
-        .args([
-            "up",
-            "--nodes",
-            "3",
-            "--mode",
-            "http",
-            "--listen",
-            &listen.to_string(),
-            "--demo",
-            "--people",
-            "5",
-        ])
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = up.id().unwrap();
-    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
-    let mut printed = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let done = line.starts_with("Press Ctrl-C");
-            printed.push(line);
-            if done {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("pgpush up came up within 60 s");
-    let field = |name: &str| {
-        printed
-            .iter()
-            .find_map(|l| {
-                l.trim_start()
-                    .strip_prefix(name)
-                    .map(|v| v.trim().to_owned())
-            })
-            .unwrap_or_else(|| panic!("no {name} line in {printed:#?}"))
-    };
+    let mut up = Up::start(&["--nodes", "3", "--mode", "http", "--demo", "--people", "5"]).await;
+    let (listen, printed) = (up.listen, up.printed.clone());
+    let pid = up.process.id().unwrap();
+    let field = |name: &str| up.field(name);
     assert!(
         printed[0].starts_with(&format!(
             "pgpush is up: 3 nodes behind nginx (http mode) on http://{listen}"
@@ -141,7 +95,7 @@ async fn up_with_the_demo_serves_through_nginx_and_stops_everything_on_ctrl_c() 
         .args(["-INT", &pid.to_string()])
         .status()
         .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(60), up.wait())
+    let status = tokio::time::timeout(Duration::from_secs(60), up.process.wait())
         .await
         .expect("exit within 60 s")
         .unwrap();

@@ -76,6 +76,24 @@ impl Writer {
     }
 }
 
+/// Publishes the numbers of `range` on `channel`, one `pgpush.publish` each, in order.
+pub async fn publish_numbers(
+    pg: &TestPostgres,
+    channel: &str,
+    range: std::ops::RangeInclusive<i32>,
+) {
+    let client = pg.client().await;
+    for n in range {
+        client
+            .execute(
+                "SELECT pgpush.publish($1, $2::text)",
+                &[&channel, &n.to_string()],
+            )
+            .await
+            .expect("pgpush.publish");
+    }
+}
+
 /// The (position, payload) of every event stored for `channel`, in position order: what every
 /// subscriber must get.
 pub async fn stored(pg: &TestPostgres, channel: &str) -> Vec<(i64, Value)> {
