@@ -75,14 +75,6 @@ impl From<CursorError> for ClientError {
     }
 }
 
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.reason)
-    }
-}
-
-impl std::error::Error for ClientError {}
-
 /// Whole seconds to wait, at least 1 (`Retry-After` has no fractions).
 fn retry_after_seconds(wait: Duration) -> u64 {
     wait.as_secs_f64().ceil().max(1.0) as u64

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug_span, error, info, warn};
 
 use crate::{
-    core::hub::{Adoption, Hub},
+    core::hub::{Adoption, Hub, Subscription},
     error::ClientError,
     ops::{stats::Stats, telemetry},
     settings::DurableSettings,
@@ -402,6 +402,11 @@ impl Durable {
     /// The cursor of `point`, once started.
     pub(crate) fn encode(&self, point: CursorPoint) -> Option<String> {
         self.key.get().map(|key| key.encode(point))
+    }
+
+    /// A connection's cursor once `subscription`'s replay is sent: its registration head's.
+    pub(crate) fn subscription_cursor(&self, subscription: &Subscription) -> Option<String> {
+        self.encode(subscription.cursor?)
     }
 
     /// The position up to which durable events were delivered.

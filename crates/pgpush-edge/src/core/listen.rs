@@ -39,7 +39,10 @@ impl ListenSet for Listener {
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub(crate) struct FakeListenSet {
-    channels: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// LISTENs asked, per channel.
+    listens: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Channels LISTENed and not UNLISTENed since.
+    listened: std::sync::Mutex<std::collections::HashSet<String>>,
     unlistens: std::sync::atomic::AtomicUsize,
 }
 
@@ -47,8 +50,8 @@ pub(crate) struct FakeListenSet {
 impl FakeListenSet {
     /// How many times `channel` was LISTENed.
     pub(crate) fn listens(&self, channel: &str) -> usize {
-        let channels = self.channels.lock().unwrap();
-        channels.get(channel).copied().unwrap_or(0)
+        let listens = self.listens.lock().unwrap();
+        listens.get(channel).copied().unwrap_or(0)
     }
 
     /// How many UNLISTENs were asked.
@@ -61,17 +64,19 @@ impl FakeListenSet {
 impl ListenSet for FakeListenSet {
     fn listen(&self, channel: &str) -> oneshot::Receiver<()> {
         *self
-            .channels
+            .listens
             .lock()
             .unwrap()
             .entry(channel.to_owned())
             .or_default() += 1;
+        self.listened.lock().unwrap().insert(channel.to_owned());
         let (confirm, confirmed) = oneshot::channel();
         let _ = confirm.send(());
         confirmed
     }
 
-    fn unlisten(&self, _channel: &str) {
+    fn unlisten(&self, channel: &str) {
+        self.listened.lock().unwrap().remove(channel);
         self.unlistens
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -81,6 +86,6 @@ impl ListenSet for FakeListenSet {
     }
 
     fn listened_channels(&self) -> usize {
-        self.channels.lock().unwrap().len()
+        self.listened.lock().unwrap().len()
     }
 }

@@ -110,8 +110,10 @@ async fn each_subscriber_gets_each_message_once_and_postgres_is_asked_once_per_c
 
     drop(first_session);
     assert_eq!(listener.unlistens(), 0, "a subscriber is left");
+    assert_eq!(hub.channels_listened(), 2);
     second_session.unsubscribe(&[chat]);
     assert_eq!(listener.unlistens(), 1, "the last one leaving UNLISTENs");
+    assert_eq!(hub.channels_listened(), 1);
     assert!(!hub.fan_out("chat", |c| ephemeral(c, "2")));
 }
 

@@ -140,11 +140,6 @@ fn refusal(error: &ClientError) -> Response<Body> {
     text(status(error.code), Bytes::from(error.reason.clone()))
 }
 
-/// A refusal with `code` and `reason`.
-pub(crate) fn refuse(code: ErrorCode, reason: impl Into<String>) -> ClientError {
-    ClientError::new(code, reason)
-}
-
 /// An error as a Hippie message, for the streams and WebSocket frames.
 pub(crate) fn error_text(error: &ClientError) -> Bytes {
     error_message(error.code.as_str(), &error.reason)
@@ -176,14 +171,19 @@ async fn dispatch(
     check_query(&request)?;
     let route = match parse_hippie_path(rest) {
         Ok(route) => route,
-        Err(HippiePathError::NotFound) => return Err(refuse(ErrorCode::NotFound, "Not found")),
+        Err(HippiePathError::NotFound) => {
+            return Err(ClientError::new(ErrorCode::NotFound, "Not found"));
+        }
         Err(HippiePathError::BadEncoding(error)) => return Err(bad_channel_encoding(error)),
     };
     let method = request.method().clone();
     let (name, allowed) = match &route {
         HippieRoute::Stats => {
             if method != Method::GET {
-                return Err(refuse(ErrorCode::MethodNotAllowed, "Method not allowed"));
+                return Err(ClientError::new(
+                    ErrorCode::MethodNotAllowed,
+                    "Method not allowed",
+                ));
             }
             let mut response = text(StatusCode::OK, Bytes::from(hippie.stats_text()));
             response.headers_mut().insert(
@@ -198,10 +198,16 @@ async fn dispatch(
         }
     };
     if !allowed {
-        return Err(refuse(ErrorCode::MethodNotAllowed, "Method not allowed"));
+        return Err(ClientError::new(
+            ErrorCode::MethodNotAllowed,
+            "Method not allowed",
+        ));
     }
     if name.is_empty() {
-        return Err(refuse(ErrorCode::BadRequest, "Channel is required"));
+        return Err(ClientError::new(
+            ErrorCode::BadRequest,
+            "Channel is required",
+        ));
     }
     let action = match route {
         HippieRoute::Publish(_) => Action::Publish,
@@ -283,7 +289,7 @@ pub(crate) fn checked_client_id(id: &str) -> Result<(), ClientError> {
     if is_valid_client_id(id) {
         Ok(())
     } else {
-        Err(refuse(
+        Err(ClientError::new(
             ErrorCode::BadRequest,
             "client_id must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -",
         ))
@@ -301,7 +307,7 @@ pub(crate) fn check_origin(hippie: &Hippie, headers: &HeaderMap) -> Result<(), C
     if origin.to_str().is_ok_and(|origin| pattern.is_match(origin)) {
         Ok(())
     } else {
-        Err(refuse(ErrorCode::Forbidden, "origin not allowed"))
+        Err(ClientError::new(ErrorCode::Forbidden, "origin not allowed"))
     }
 }
 

@@ -10,7 +10,7 @@ use pgpush_protocol::{Channel, ErrorCode, PublishMode, hippie::stamp};
 use crate::{
     admission::policy::Action,
     error::ClientError,
-    hippie::{Hippie, HippieResult, RequestInfo, check_origin, refuse},
+    hippie::{Hippie, HippieResult, RequestInfo, check_origin},
     http::{query_pairs, text},
     ops::stats::PublishVia,
 };
@@ -76,7 +76,7 @@ pub(crate) async fn handle(
         let body = match Limited::new(request.into_body(), limit).collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => {
-                return Err(refuse(
+                return Err(ClientError::new(
                     ErrorCode::TooLarge,
                     format!("Body is over {limit} bytes"),
                 ));
@@ -84,9 +84,9 @@ pub(crate) async fn handle(
         };
         if is_form || !body.is_empty() {
             let text = std::str::from_utf8(&body)
-                .map_err(|_| refuse(ErrorCode::BadRequest, "form body is not UTF-8"))?;
+                .map_err(|_| ClientError::new(ErrorCode::BadRequest, "form body is not UTF-8"))?;
             form = pgpush_protocol::query_pairs(text).map_err(|(name, error)| {
-                refuse(
+                ClientError::new(
                     ErrorCode::BadRequest,
                     format!("form field {name:?}: {error}"),
                 )
@@ -105,13 +105,16 @@ pub(crate) async fn handle(
             .as_deref()
             .is_some_and(|id| hippie.registry.contains(&channel, id))
     {
-        return Err(refuse(
+        return Err(ClientError::new(
             ErrorCode::Forbidden,
             "a client_id of a live client is required to publish",
         ));
     }
     let Some(message) = find(&form, "message").or_else(|| find(&query, "message")) else {
-        return Err(refuse(ErrorCode::BadRequest, "message is required"));
+        return Err(ClientError::new(
+            ErrorCode::BadRequest,
+            "message is required",
+        ));
     };
     stamp_and_publish(&hippie, &info, &channel, &message).await?;
     Ok(text(

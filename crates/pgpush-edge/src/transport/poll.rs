@@ -76,7 +76,7 @@ pub(crate) async fn poll(
     let mut session = Session::new(services.hub.clone(), outbox);
     let subscription =
         replay::subscribe(durable, &mut session, &channels, cursor.as_deref()).await?;
-    let registered = subscription.cursor.and_then(|point| durable.encode(point));
+    let registered = durable.subscription_cursor(&subscription);
     let mut replay = std::pin::pin!(replay::batches(
         durable.clone(),
         channels.clone(),

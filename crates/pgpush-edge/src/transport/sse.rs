@@ -73,10 +73,7 @@ pub(crate) async fn open(
         replay::subscribe(durable, &mut session, &channels, cursor.as_deref()).await?;
     let subscribed = ServerFrame::Subscribed {
         channels: &channels,
-        cursor: subscription
-            .cursor
-            .and_then(|point| durable.encode(point))
-            .as_deref(),
+        cursor: durable.subscription_cursor(&subscription).as_deref(),
     }
     .encode();
     let mut subscribed_event = Vec::new();

@@ -82,8 +82,7 @@ impl From<Ending> for End {
 /// The WebSocket settings: a small read buffer (clients send little; idle connections cost
 /// little memory), an inbound message cap, and a write buffer that coalesces a batch into few
 /// syscalls.
-fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
-    let max = max_message_bytes;
+fn websocket_config(max: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)

@@ -283,7 +283,7 @@ impl Native {
                 return send_error(io, &error, reference, ends).await;
             }
         };
-        let cursor = subscription.cursor.and_then(|point| durable.encode(point));
+        let cursor = durable.subscription_cursor(&subscription);
         let batches = replay::batches(durable.clone(), channels.clone(), subscription.replay);
         let mut batches = std::pin::pin!(batches);
         while let Some(batch) = batches.next().await {
