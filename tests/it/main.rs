@@ -11,6 +11,7 @@ mod durable;
 mod durable_faults;
 mod durable_resume;
 mod failover;
+mod fan_out;
 mod hippie_flows;
 mod hippie_queue;
 mod hippie_wire;

@@ -14,6 +14,8 @@ pub struct NodeSettings {
     pub metrics_listen: Option<SocketAddr>,
     /// PostgreSQL connection URL (`None`: the node refuses to start).
     pub database_url: Option<String>,
+    /// A hot standby for catch-up and replay reads (`None`: every read goes to the primary).
+    pub standby_database_url: Option<String>,
     /// Apply pending schema migrations before serving.
     pub migrate: bool,
     /// Name in stats and logs (default: the bound address).

@@ -78,20 +78,43 @@ impl ConnectOptions {
     /// Settings for pooled connections that publish and query: on the primary too (publishes
     /// write; the durable reader must read what the primary has, not a lagging standby).
     pub fn pool(&self) -> tokio_postgres::Config {
-        let mut config = self.base.clone();
-        config
-            .target_session_attrs(TargetSessionAttrs::ReadWrite)
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(15))
-            .tcp_user_timeout(Duration::from_secs(15));
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("pgpush-pool");
-        }
-        config
+        pooled(
+            self.base.clone(),
+            TargetSessionAttrs::ReadWrite,
+            "pgpush-pool",
+        )
     }
+}
+
+/// Settings for the optional read pool on a hot standby (`--standby-database-url`): catch-up and
+/// replay reads of positions the standby has already replayed. Any server will do, a primary too.
+pub fn standby_reads(url: &str) -> Result<tokio_postgres::Config, crate::Error> {
+    let config = url.parse().map_err(crate::Error::config)?;
+    Ok(pooled(
+        config,
+        TargetSessionAttrs::Any,
+        "pgpush-standby-reader",
+    ))
+}
+
+/// A pooled connection's settings: keepalives, bounded connect, a default application name.
+fn pooled(
+    mut config: tokio_postgres::Config,
+    attributes: TargetSessionAttrs,
+    application_name: &str,
+) -> tokio_postgres::Config {
+    config
+        .target_session_attrs(attributes)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(15))
+        .tcp_user_timeout(Duration::from_secs(15));
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(application_name);
+    }
+    config
 }
 
 /// Quotes `name` as a PostgreSQL identifier: wrapped in `"` with every `"` doubled.

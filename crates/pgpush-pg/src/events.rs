@@ -80,6 +80,10 @@ pub struct HippiePosition {
 pub struct Replay {
     /// The retention floor, read in the same snapshot as the rows.
     pub retention_floor: i64,
+    /// The current epoch in that snapshot.
+    pub epoch: i64,
+    /// The highest position assigned in that snapshot: a standby has every event up to it.
+    pub last_position: i64,
     /// Events in position order.
     pub rows: Vec<EventRow>,
 }
@@ -112,6 +116,22 @@ impl EventStore {
     /// A store over `pool`.
     pub fn new(pool: Pool) -> EventStore {
         EventStore { pool }
+    }
+
+    /// A read-only store with a pool of its own (`config` from [`crate::standby_reads`]).
+    pub fn reader(config: tokio_postgres::Config, max_size: usize) -> Result<EventStore, Error> {
+        Ok(EventStore::new(crate::publisher::pool(config, max_size)?))
+    }
+
+    /// Fails with [`Error::is_not_migrated`] unless the schema is at this build's version.
+    pub async fn check_schema(&self) -> Result<(), Error> {
+        let client = self.pool.get().await?;
+        match crate::schema_version(&client).await? {
+            Some(version) if version >= crate::SCHEMA_VERSION => Ok(()),
+            _ => Err(Error::schema(
+                "the pgpush schema is missing or older than this build",
+            )),
+        }
     }
 
     /// The installation id and cursor key; fails with [`Error::is_not_migrated`] before
@@ -240,7 +260,7 @@ impl EventStore {
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(&format!(
-                "SELECT s.retention_floor, e.{} FROM pgpush.sequencer_state s
+                "SELECT s.retention_floor, s.epoch, s.last_position, e.{} FROM pgpush.sequencer_state s
                  LEFT JOIN LATERAL (
                      SELECT {COLUMNS} FROM pgpush.events
                      WHERE channel = ANY($1) AND position > $2 AND position <= $3
@@ -252,10 +272,14 @@ impl EventStore {
         let rows = client
             .query(&statement, &[&channels, &after, &upto, &limit])
             .await?;
-        let retention_floor = rows.first().map(|r| r.get(0)).unwrap_or(0);
+        let first = rows
+            .first()
+            .ok_or_else(|| Error::schema("pgpush.sequencer_state is empty"))?;
         Ok(Replay {
-            retention_floor,
-            rows: event_rows(&rows, 1),
+            retention_floor: first.get(0),
+            epoch: first.get(1),
+            last_position: first.get(2),
+            rows: event_rows(&rows, 3),
         })
     }
 

@@ -10,11 +10,12 @@ mod error;
 mod events;
 mod listener;
 mod migrations;
+mod notice;
 mod publisher;
 mod sequencer;
 pub mod throwaway;
 
-pub use connect::{ConnectOptions, quote_ident};
+pub use connect::{ConnectOptions, quote_ident, standby_reads};
 pub use epochs::{Continuation, Epoch, History};
 pub use error::Error;
 pub use events::{
@@ -22,6 +23,7 @@ pub use events::{
 };
 pub use listener::{Listener, ListenerState, ListenerTask, NotificationSink};
 pub use migrations::{SCHEMA_VERSION, migrate, migrate_database, schema_version};
+pub use notice::WakeNotice;
 pub use publisher::{PoolStatus, Publisher};
 pub use sequencer::{SequencerConfig, SequencerHandle, spawn_sequencer};
 pub use tokio_postgres::Config as PgConfig;

@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "epochs of the durable history: cursors that survive a failover or a restore, or reset",
         include_str!("../migrations/0005_epochs.sql"),
     ),
+    (
+        6,
+        "the batch's events in its notifications: no per-node query per batch",
+        include_str!("../migrations/0006_events_in_notifications.sql"),
+    ),
 ];
 
 /// Advisory lock that serialises concurrent `migrate` runs (several nodes starting at once).

@@ -1,11 +1,15 @@
-//! The publish pool: deadpool-postgres with explicit timeouts, used for `pg_notify` and queries.
+//! The publish pool: deadpool-postgres with explicit timeouts, used for `pg_notify`, queries and
+//! the sequencer's connection.
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use crate::Error;
+
+/// A pooled connection unused this long is closed.
+const IDLE_CLOSE: Duration = Duration::from_secs(20);
 
 /// The pool's size and use.
 pub use deadpool_postgres::Status as PoolStatus;
@@ -20,22 +24,9 @@ impl Publisher {
     /// Builds the pool (connections open lazily). `config` comes from
     /// [`crate::ConnectOptions::pool`].
     pub fn new(config: tokio_postgres::Config, max_size: usize) -> Result<Publisher, Error> {
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(max_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(2)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .recycle_timeout(Some(Duration::from_secs(2)))
-            .build()
-            .map_err(Error::config)?;
-        Ok(Publisher { pool })
+        Ok(Publisher {
+            pool: pool(config, max_size)?,
+        })
     }
 
     /// `SELECT pg_notify($1, $2)`: an ephemeral message to whoever LISTENs on `channel`,
@@ -61,4 +52,44 @@ impl Publisher {
     pub fn events(&self) -> crate::EventStore {
         crate::EventStore::new(self.pool.clone())
     }
+
+    /// Closes pooled connections unused for [`IDLE_CLOSE`], checking every half of it, until
+    /// `shutdown`: a node opens several at start (its first queries run at once) and needs
+    /// one or two afterwards, and every idle backend is memory and a slot on the primary.
+    pub async fn close_idle_until(&self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(IDLE_CLOSE / 2) => {}
+            }
+            self.pool
+                .retain(|_, metrics| metrics.last_used() < IDLE_CLOSE);
+        }
+    }
+
+    /// The pool itself (the sequencer takes its connection from it).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+/// A pool of at most `max_size` connections, opened lazily, with explicit timeouts.
+pub(crate) fn pool(config: tokio_postgres::Config, max_size: usize) -> Result<Pool, Error> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        // The most recently used connection first, so the others go idle and are closed.
+        .queue_mode(QueueMode::Lifo)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(2)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(2)))
+        .build()
+        .map_err(Error::config)
 }

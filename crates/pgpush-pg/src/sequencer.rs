@@ -3,8 +3,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use deadpool_postgres::{Object, Pool};
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -21,6 +22,9 @@ pub struct SequencerConfig {
     /// cost (a transaction, a NOTIFY, every node's catch-up query) is then paid per interval,
     /// not per handful of events; idle, it is one index probe per interval.
     pub interval: Duration,
+    /// Most LISTEN wake-ups per second the batches may cost, over all nodes (0: no limit): the
+    /// interval is at least the number of nodes' LISTEN connections divided by it.
+    pub wakeups_per_second: u32,
     /// How often a node that is not the sequencer tries to become it.
     pub takeover_interval: Duration,
     /// Most events positioned per batch.
@@ -48,12 +52,13 @@ impl SequencerHandle {
     }
 }
 
-/// Runs a sequencer candidate until `shutdown`: it connects (`config` as for the LISTEN
-/// connection: keepalives, primary only), tries the lock every `takeover_interval`, and
-/// sequences while it holds it. Releasing the lock on shutdown hands over at once; a crashed
-/// node's session ends with its socket, which releases the lock too.
+/// Runs a sequencer candidate until `shutdown`: every `takeover_interval` it tries the lock on a
+/// connection borrowed from `pool` (the node's, on the primary), and when it wins keeps that
+/// connection (taken out of the pool) and sequences while it holds the lock. A node that is not
+/// the sequencer so holds no connection of its own for it. Releasing the lock on shutdown hands
+/// over at once; a crashed node's session ends with its socket, which releases the lock too.
 pub fn spawn_sequencer(
-    config: tokio_postgres::Config,
+    pool: Pool,
     settings: SequencerConfig,
     shutdown: CancellationToken,
 ) -> (SequencerHandle, tokio::task::JoinHandle<()>) {
@@ -63,7 +68,7 @@ pub fn spawn_sequencer(
         // While the database stays away, once a minute is enough to say so.
         let mut said: Option<tokio::time::Instant> = None;
         loop {
-            let result = candidate(&config, &settings, &leading_tx, &shutdown).await;
+            let result = candidate(&pool, &settings, &leading_tx, &shutdown).await;
             leading_tx.send_replace(false);
             if shutdown.is_cancelled() {
                 break;
@@ -86,16 +91,41 @@ pub fn spawn_sequencer(
 }
 
 async fn candidate(
-    config: &tokio_postgres::Config,
+    pool: &Pool,
     settings: &SequencerConfig,
     leading: &watch::Sender<bool>,
     shutdown: &CancellationToken,
 ) -> Result<(), crate::Error> {
-    let mut config = config.clone();
-    config.application_name("pgpush-sequencer");
-    let (client, connection) = config.connect(NoTls).await?;
-    let connection = tokio::spawn(connection);
-    let _abort = AbortOnDrop(connection);
+    loop {
+        let client = pool.get().await?;
+        // Without the schema (a migration Job not done yet) there is nothing to sequence: wait
+        // quietly; the node's durable reader says what is missing.
+        let migrated = crate::schema_version(&client)
+            .await?
+            .is_some_and(|version| version >= crate::SCHEMA_VERSION);
+        let acquired = migrated
+            && client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&SEQUENCER_LOCK])
+                .await?
+                .get::<_, bool>(0);
+        if acquired {
+            return hold(Object::take(client), settings, leading, shutdown).await;
+        }
+        drop(client);
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(settings.takeover_interval) => {}
+        }
+    }
+}
+
+/// Sequences on `client`, which holds the lock, until shutdown or an error.
+async fn hold(
+    client: deadpool_postgres::ClientWrapper,
+    settings: &SequencerConfig,
+    leading: &watch::Sender<bool>,
+    shutdown: &CancellationToken,
+) -> Result<(), crate::Error> {
     // The server notices a vanished sequencer within seconds (and frees the lock), not after
     // the 2-hour TCP default. Positions are committed durably (and on a synchronous standby,
     // when there is one) even where the server's default is asynchronous commit: a position a
@@ -103,43 +133,41 @@ async fn candidate(
     client
         .batch_execute(
             "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3;
-             SET synchronous_commit = on;",
+             SET synchronous_commit = on; SET application_name = 'pgpush-sequencer';",
         )
         .await?;
-    loop {
-        // Without the schema (a migration Job not done yet) there is nothing to sequence: wait
-        // quietly; the node's durable reader says what is missing.
-        let migrated = crate::schema_version(&client)
-            .await?
-            .is_some_and(|version| version >= crate::SCHEMA_VERSION);
-        if !migrated {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(settings.takeover_interval) => continue,
-            }
-        }
-        let acquired: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SEQUENCER_LOCK])
-            .await?
-            .get(0);
-        if acquired {
-            info!("this node is now the sequencer");
-            leading.send_replace(true);
-            let result = lead(&client, settings, shutdown).await;
-            leading.send_replace(false);
-            if shutdown.is_cancelled() {
-                let _ = client
-                    .execute("SELECT pg_advisory_unlock($1)", &[&SEQUENCER_LOCK])
-                    .await;
-                info!("sequencer lock released");
-            }
-            return result;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(settings.takeover_interval) => {}
-        }
+    info!("this node is now the sequencer");
+    leading.send_replace(true);
+    let result = lead(&client, settings, shutdown).await;
+    leading.send_replace(false);
+    if shutdown.is_cancelled() {
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&SEQUENCER_LOCK])
+            .await;
+        info!("sequencer lock released");
     }
+    result
+}
+
+/// The interval between batches: the configured one, longer when the nodes' LISTEN connections
+/// (counted by their application name) would otherwise be woken more often than the budget.
+async fn paced_interval(
+    client: &Client,
+    settings: &SequencerConfig,
+) -> Result<Duration, crate::Error> {
+    if settings.wakeups_per_second == 0 {
+        return Ok(settings.interval);
+    }
+    let listeners: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'pgpush-listener'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let paced = Duration::from_secs_f64(listeners as f64 / f64::from(settings.wakeups_per_second));
+    Ok(settings.interval.max(paced))
 }
 
 async fn lead(
@@ -163,6 +191,7 @@ async fn lead(
         .get(0);
     info!(epoch = format!("{epoch:x}"), "sequencing in this epoch");
     let mut retention_due = tokio::time::Instant::now();
+    let mut interval = settings.interval;
     // Before the first batch nothing is known: treat it as not full.
     let mut previous_last = i64::MAX;
     loop {
@@ -186,6 +215,7 @@ async fn lead(
         }
         if tokio::time::Instant::now() >= retention_due {
             retention_due = tokio::time::Instant::now() + settings.retention_interval;
+            interval = paced_interval(client, settings).await?;
             let age = settings.retention_age.map(|d| d.as_secs_f64());
             let window = settings.idempotency_window.as_secs_f64();
             let deleted: i64 = client
@@ -204,16 +234,8 @@ async fn lead(
         if !full {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep_until(started + settings.interval) => {}
+                _ = tokio::time::sleep_until(started + interval) => {}
             }
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

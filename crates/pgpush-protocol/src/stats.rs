@@ -37,8 +37,11 @@ pub struct StatsSnapshot {
     pub durable_epoch: Option<String>,
     /// True while this node runs the sequencer.
     pub sequencer: bool,
-    /// Queries this node's durable reader and replays sent to PostgreSQL since start.
+    /// Queries this node's durable reader and replays sent to the primary since start.
     pub durable_queries: u64,
+    /// Of those reads, the ones a hot standby answered instead (`--standby-database-url`).
+    #[serde(default)]
+    pub durable_standby_queries: u64,
 }
 
 /// Open connections by transport.

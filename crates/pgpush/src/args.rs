@@ -195,6 +195,12 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) throwaway_database: bool,
 
+    /// A hot standby (read-only connection URL) for catch-up and replay reads: used only for
+    /// positions it has already replayed, the primary otherwise. LISTEN and the sequencer stay
+    /// on the primary.
+    #[arg(long, env = "PGPUSH_STANDBY_DATABASE_URL", hide_env_values = true)]
+    pub(crate) standby_database_url: Option<String>,
+
     /// This node's name in stats and logs (default: the listen address).
     #[arg(long, env = "PGPUSH_NODE_ID")]
     pub(crate) node_id: Option<String>,
@@ -393,6 +399,12 @@ pub(crate) struct DurableArgs {
     #[arg(long, env = "PGPUSH_SEQUENCER_INTERVAL", default_value = "5ms", value_parser = humantime::parse_duration)]
     pub(crate) sequencer_interval: Duration,
 
+    /// Most LISTEN wake-ups per second the sequencer's batches may cost the primary, summed over
+    /// nodes: every batch wakes every node's LISTEN backend, so with many nodes the interval
+    /// grows to nodes / this (32 nodes at 2000: 16 ms); 0: the interval alone.
+    #[arg(long, env = "PGPUSH_SEQUENCER_WAKEUPS", default_value_t = 2000)]
+    pub(crate) sequencer_wakeups: u32,
+
     /// How often a node that is not the sequencer tries to become it.
     #[arg(long, env = "PGPUSH_SEQUENCER_TAKEOVER", default_value = "1s", value_parser = humantime::parse_duration)]
     pub(crate) sequencer_takeover: Duration,
@@ -541,6 +553,7 @@ impl ServeArgs {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             database_url: self.database.database_url.clone(),
+            standby_database_url: self.standby_database_url.clone(),
             migrate: durable.migrate,
             node_id: self.node_id.clone(),
             pool_size: self.pool_size,
@@ -562,6 +575,7 @@ impl ServeArgs {
             },
             sequencer: (!durable.no_sequencer && !durable.no_durable).then(|| SequencerSettings {
                 interval: durable.sequencer_interval,
+                wakeups_per_second: durable.sequencer_wakeups,
                 takeover_interval: durable.sequencer_takeover,
                 batch_size: 10_000,
                 retention_age: Some(durable.retention_age).filter(|d| !d.is_zero()),

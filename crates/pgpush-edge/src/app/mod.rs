@@ -8,7 +8,9 @@ mod server;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use pgpush_pg::{ConnectOptions, Listener, Publisher, SequencerHandle, spawn_sequencer};
+use pgpush_pg::{
+    ConnectOptions, EventStore, Listener, Publisher, SequencerHandle, spawn_sequencer,
+};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
@@ -161,8 +163,18 @@ pub async fn run(
     tokio::spawn(hub.clone().sweep_until(background.clone()));
     let listener_handle = tokio::spawn(listener_task.run(hub.clone(), background.clone()));
     let publisher = Publisher::new(options.pool(), settings.pool_size)?;
+    tokio::spawn({
+        let publisher = publisher.clone();
+        let shutdown = background.clone();
+        async move { publisher.close_idle_until(shutdown).await }
+    });
+    let standby = match &settings.standby_database_url {
+        Some(url) => Some(EventStore::reader(pgpush_pg::standby_reads(url)?, 2)?),
+        None => None,
+    };
     let durable = Arc::new(Durable::new(
         publisher.events(),
+        standby,
         hub.clone(),
         stats.clone(),
         &settings.durable,
@@ -176,7 +188,8 @@ pub async fn run(
     ));
     let (sequencer, sequencer_task) = match settings.sequencer.clone() {
         Some(sequencer) => {
-            let (handle, task) = spawn_sequencer(options.listener(), sequencer, background.clone());
+            let (handle, task) =
+                spawn_sequencer(publisher.pool().clone(), sequencer, background.clone());
             (Some(handle), Some(task))
         }
         None => (None, None),

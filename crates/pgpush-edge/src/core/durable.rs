@@ -8,11 +8,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use pgpush_pg::{Continuation, EventRow, EventStore, History};
+use pgpush_pg::{CatchUp, Continuation, EventRow, EventStore, History, WakeNotice};
 use pgpush_protocol::{Channel, CursorKey, CursorPoint, ErrorCode, Message, Payload, ResetReason};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug_span, error, info, warn};
+use tracing::{Instrument, debug, debug_span, error, info, warn};
 
 use crate::{
     core::hub::{Adoption, Hub, Subscription},
@@ -38,6 +38,8 @@ const START_REMINDER: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub(crate) struct Durable {
     store: EventStore,
+    /// A hot standby for reads of positions it has replayed (`--standby-database-url`).
+    standby: Option<EventStore>,
     hub: Arc<Hub>,
     config: DurableSettings,
     /// Set once the schema is there and the reader started.
@@ -78,6 +80,24 @@ impl View {
     }
 }
 
+/// The range of the last batch notification heard, per epoch.
+#[derive(Debug, Default)]
+struct Notified {
+    last: Option<(i64, i64)>,
+}
+
+impl Notified {
+    /// Records a notification of (`after`, `upto`] in `epoch`; true when it starts below where
+    /// the last one of the same epoch ended: positions given twice.
+    fn went_back(&mut self, epoch: i64, after: i64, upto: i64) -> bool {
+        let went_back = self
+            .last
+            .is_some_and(|(last_epoch, last_upto)| last_epoch == epoch && after < last_upto);
+        self.last = Some((epoch, upto));
+        went_back
+    }
+}
+
 /// What a replay from the events table found.
 #[derive(Debug)]
 pub(crate) enum Replayed {
@@ -95,6 +115,7 @@ pub(crate) enum Replayed {
 impl Durable {
     pub(crate) fn new(
         store: EventStore,
+        standby: Option<EventStore>,
         hub: Arc<Hub>,
         stats: Arc<Stats>,
         config: &DurableSettings,
@@ -103,6 +124,7 @@ impl Durable {
         Durable {
             stats,
             store,
+            standby,
             hub,
             config: *config,
             key: OnceLock::new(),
@@ -115,10 +137,15 @@ impl Durable {
     }
 
     /// Runs the reader until `shutdown`: waits for the schema, starts at the global head, then
-    /// catches up on every wake-up (a `pgpush_wake` NOTIFY, a listener reconnect) and every
-    /// `catch_up_interval`, so a lost wake-up delays delivery but never loses it.
+    /// applies the sequencer's batch notifications as they come (the events are in them), and
+    /// reads the events table only when it must: a notification shows a gap (one was lost or
+    /// dropped), names an event too large to carry, or belongs to another epoch; a bare wake-up
+    /// or a listener reconnect; and `catch_up_interval` after the last notification, so a lost
+    /// last batch delays delivery but never loses it.
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if !self.config.enabled {
+            // Nobody applies batches here: closing their queue keeps none in memory.
+            drop(self.hub.take_notices());
             *self.lock_not_started() = None;
             self.first_attempt.send_replace(true);
             return;
@@ -165,16 +192,77 @@ impl Durable {
             history,
         }));
         self.first_attempt.send_replace(true);
-        let mut head = start;
+        let mut notices = self.hub.take_notices();
+        let mut head = self.catch_up_logged(start, None).await;
+        // The end of the last batch notification heard: each begins where the one before ended.
+        let mut notified = Notified::default();
         loop {
-            match self.catch_up(head).await {
-                Ok(new_head) => head = new_head,
-                Err(error) => warn!(%error, "durable catch-up failed; retrying"),
-            }
-            tokio::select! {
+            let notice = async {
+                match notices.as_mut() {
+                    Some(notices) => notices.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            head = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.config.catch_up_interval) => {}
+                notice = notice => match notice {
+                    Some(notice) => self.apply(&notice, head, &mut notified).await,
+                    None => {
+                        notices = None;
+                        head
+                    }
+                },
+                _ = self.wake.notified() => self.catch_up_logged(head, None).await,
+                _ = tokio::time::sleep(self.config.catch_up_interval) => {
+                    self.catch_up_logged(head, None).await
+                }
+            };
+        }
+    }
+
+    /// Applies one `pgpush_wake` notification at `head`: a batch that continues the head is
+    /// fanned out as it is, one already delivered is ignored, anything else is read from the
+    /// table. Returns the new head.
+    async fn apply(&self, notice: &str, head: i64, notified: &mut Notified) -> i64 {
+        let target = match WakeNotice::parse(notice) {
+            WakeNotice::Batch {
+                epoch,
+                after,
+                upto,
+                events,
+            } if self.epoch() == Some(epoch) => {
+                if notified.went_back(epoch, after, upto) {
+                    // Positions of this epoch given again: the database lost the end of its
+                    // history. The primary's high-water mark shows it (see `catch_up`).
+                    None
+                } else if upto <= head {
+                    return head;
+                } else if let (Some(events), true) = (events, after <= head) {
+                    return match self.fan_out(events, Some(upto)) {
+                        Some(new_head) if new_head != head => {
+                            self.publish_view(new_head);
+                            new_head
+                        }
+                        _ => head,
+                    };
+                } else {
+                    // A gap before it, or an event too large to carry: read up to its end.
+                    Some(upto)
+                }
+            }
+            // A new epoch, or a bare wake-up: the primary knows.
+            _ => None,
+        };
+        self.catch_up_logged(head, target).await
+    }
+
+    /// [`Durable::catch_up`], a failure logged (the next wake-up or interval tries again).
+    async fn catch_up_logged(&self, head: i64, target: Option<i64>) -> i64 {
+        match self.catch_up(head, target).await {
+            Ok(new_head) => new_head,
+            Err(error) => {
+                warn!(%error, "durable catch-up failed; retrying");
+                head
             }
         }
     }
@@ -182,6 +270,7 @@ impl Durable {
     /// The starting head and the history it is in (read in that order, so the head is never
     /// newer than the history's current epoch).
     async fn start(&self) -> Result<(i64, History), pgpush_pg::Error> {
+        self.store.check_schema().await?;
         let installation = self.store.installation().await?;
         let head = self.store.head().await?;
         let history = self.store.history().await?;
@@ -190,15 +279,11 @@ impl Durable {
     }
 
     /// Reads every event after `head` and fans it out, in batches, following the database's
-    /// history into new epochs. Returns the new head.
-    async fn catch_up(&self, mut head: i64) -> Result<i64, pgpush_pg::Error> {
+    /// history into new epochs. With a `target` known to be positioned (a notification's end),
+    /// a standby that has replayed it may answer. Returns the new head.
+    async fn catch_up(&self, mut head: i64, target: Option<i64>) -> Result<i64, pgpush_pg::Error> {
         loop {
-            self.stats.durable_queries.fetch_add(1, Ordering::Relaxed);
-            let read = self
-                .store
-                .after(head, CATCH_UP_BATCH)
-                .instrument(debug_span!("catch_up.query", kind = "reader", after = head))
-                .await?;
+            let read = self.read_after(head, target).await?;
             let Some((_, epoch)) = self.hub.history() else {
                 return Ok(head);
             };
@@ -230,6 +315,43 @@ impl Durable {
                 return Ok(head);
             }
         }
+    }
+
+    /// Up to one batch of events after `head`: from the standby when there is one, `target` is
+    /// above `head`, and the standby has replayed it in this node's epoch; from the primary
+    /// otherwise (a lagging standby never makes the node skip or wait).
+    async fn read_after(
+        &self,
+        head: i64,
+        target: Option<i64>,
+    ) -> Result<CatchUp, pgpush_pg::Error> {
+        if let (Some(standby), Some(target)) = (&self.standby, target)
+            && target > head
+        {
+            let read = standby
+                .after(head, CATCH_UP_BATCH)
+                .instrument(debug_span!(
+                    "catch_up.query",
+                    kind = "standby",
+                    after = head
+                ))
+                .await;
+            match read {
+                Ok(read) if self.standby_covers(read.epoch, read.last_position, target) => {
+                    return Ok(read);
+                }
+                Ok(read) => debug!(
+                    standby_at = read.last_position,
+                    target, "the standby has not replayed the batch yet; reading the primary"
+                ),
+                Err(error) => debug!(%error, "standby read failed; reading the primary"),
+            }
+        }
+        self.stats.durable_queries.fetch_add(1, Ordering::Relaxed);
+        self.store
+            .after(head, CATCH_UP_BATCH)
+            .instrument(debug_span!("catch_up.query", kind = "reader", after = head))
+            .await
     }
 
     fn lock_not_started(&self) -> std::sync::MutexGuard<'_, Option<String>> {
@@ -546,16 +668,8 @@ impl Durable {
         upto: i64,
     ) -> Result<Replayed, ClientError> {
         let names: Vec<&str> = channels.iter().map(Channel::as_str).collect();
-        self.stats.durable_queries.fetch_add(1, Ordering::Relaxed);
         let replay = self
-            .store
-            .replay(&names, after, upto, REPLAY_BATCH)
-            .instrument(debug_span!(
-                "catch_up.query",
-                kind = "replay",
-                after,
-                channels = names.len()
-            ))
+            .read_replay(&names, after, upto)
             .await
             .map_err(ClientError::database)?;
         if after < replay.retention_floor {
@@ -570,6 +684,52 @@ impl Durable {
             .map(Arc::new)
             .collect();
         Ok(Replayed::Messages { messages, more })
+    }
+
+    /// True when a standby's snapshot in `epoch` with high-water mark `last` can answer for the
+    /// primary: it is this node's epoch and it has replayed `needed` (so every event up to it).
+    /// Counts the reads it lets the standby answer.
+    fn standby_covers(&self, epoch: i64, last: i64, needed: i64) -> bool {
+        let covers = self.epoch() == Some(epoch) && last >= needed;
+        if covers {
+            self.stats
+                .durable_standby_queries
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        covers
+    }
+
+    /// One replay batch of `names` in (`after`, `upto`]: from the standby when it has replayed
+    /// `upto` in this node's epoch, from the primary otherwise.
+    async fn read_replay(
+        &self,
+        names: &[&str],
+        after: i64,
+        upto: i64,
+    ) -> Result<pgpush_pg::Replay, pgpush_pg::Error> {
+        let span =
+            |kind: &'static str| debug_span!("catch_up.query", kind, after, channels = names.len());
+        if let Some(standby) = &self.standby {
+            match standby
+                .replay(names, after, upto, REPLAY_BATCH)
+                .instrument(span("standby_replay"))
+                .await
+            {
+                Ok(replay) if self.standby_covers(replay.epoch, replay.last_position, upto) => {
+                    return Ok(replay);
+                }
+                Ok(_) => debug!(
+                    upto,
+                    "the standby has not replayed this far yet; replaying from the primary"
+                ),
+                Err(error) => debug!(%error, "standby replay failed; replaying from the primary"),
+            }
+        }
+        self.stats.durable_queries.fetch_add(1, Ordering::Relaxed);
+        self.store
+            .replay(names, after, upto, REPLAY_BATCH)
+            .instrument(span("replay"))
+            .await
     }
 
     /// Publishes a durable event and waits (bounded) for its position. Returns the cursor, or
@@ -623,5 +783,27 @@ impl Durable {
         }
         drop(waiters);
         Ok(position.and_then(|position| self.cursor(position)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Notified;
+
+    #[test]
+    fn a_notification_that_starts_below_the_last_ones_end_went_back() {
+        let mut notified = Notified::default();
+        assert!(!notified.went_back(1, 0, 10), "the first");
+        assert!(!notified.went_back(1, 10, 12), "the next batch");
+        assert!(!notified.went_back(1, 15, 20), "a gap is not going back");
+        assert!(notified.went_back(1, 18, 25), "positions given twice");
+        assert!(
+            !notified.went_back(2, 1 << 40, (1 << 40) + 3),
+            "a new epoch starts anew"
+        );
+        assert!(
+            !notified.went_back(1, 0, 1),
+            "a notification of another epoch is not compared"
+        );
     }
 }

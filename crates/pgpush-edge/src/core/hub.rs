@@ -12,7 +12,7 @@ use std::{
 use futures_util::future::{FutureExt, Shared};
 use pgpush_pg::{Continuation, History, ListenerState, NotificationSink};
 use pgpush_protocol::{Channel, CursorPoint, Message, Payload};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -26,6 +26,10 @@ use crate::{
 
 /// The channel the sequencer NOTIFYs once per batch; the LISTEN connection always LISTENs it.
 pub const WAKE_CHANNEL: &str = "pgpush_wake";
+
+/// Batch notifications held for the durable reader; beyond this a notification is dropped and
+/// the reader reads the gap from the table (at most 8 MiB: each is under 8,000 bytes).
+const NOTICE_QUEUE: usize = 1024;
 
 /// Why a subscribe failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +51,13 @@ pub struct Hub {
     stats: Arc<Stats>,
     settings: HubSettings,
     next_id: AtomicU64,
-    /// Wakes the durable reader (a `pgpush_wake` notification, a listener reconnect).
+    /// Wakes the durable reader (a `pgpush_wake` notification that is not a batch, a listener
+    /// reconnect, a dropped batch).
     wake: Arc<Notify>,
+    /// The sequencer's batch notifications, in the order heard, to the durable reader.
+    notices: mpsc::Sender<String>,
+    /// Their receiving end, until the durable reader takes it.
+    notices_out: Mutex<Option<mpsc::Receiver<String>>>,
 }
 
 /// Everything fan-out and subscription change together, under one lock: registering a
@@ -197,6 +206,7 @@ impl Hub {
     /// its last subscriber left.
     pub fn new(listener: Arc<dyn ListenSet>, stats: Arc<Stats>, settings: &HubSettings) -> Hub {
         let recent = settings.recent;
+        let (notices, notices_out) = mpsc::channel(NOTICE_QUEUE);
         Hub {
             state: Mutex::new(HubState {
                 channels: HashMap::new(),
@@ -215,12 +225,23 @@ impl Hub {
             settings: *settings,
             next_id: AtomicU64::new(1),
             wake: Arc::new(Notify::new()),
+            notices,
+            notices_out: Mutex::new(Some(notices_out)),
         }
     }
 
     /// Notified when durable events may be waiting.
     pub fn durable_wake(&self) -> Arc<Notify> {
         self.wake.clone()
+    }
+
+    /// The sequencer's batch notifications as heard (see [`pgpush_pg::WakeNotice`]); the first
+    /// caller gets them, later ones `None`.
+    pub fn take_notices(&self) -> Option<mpsc::Receiver<String>> {
+        self.notices_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Starts durable fan-out at `head` in the current epoch of `history` (events up to the
@@ -545,7 +566,11 @@ impl Hub {
 impl NotificationSink for Hub {
     fn notification(&self, channel: &str, payload: &str, _process_id: i32) {
         if channel == WAKE_CHANNEL {
-            self.wake.notify_one();
+            // A batch goes to the reader as it is; anything else, or a batch that finds the
+            // queue full (the reader then reads the gap), just wakes it.
+            if !payload.starts_with('{') || self.notices.try_send(payload.to_owned()).is_err() {
+                self.wake.notify_one();
+            }
             return;
         }
         self.stats.notifications_in.fetch_add(1, Ordering::Relaxed);
@@ -560,6 +585,10 @@ impl NotificationSink for Hub {
             self.stats
                 .listener_generation
                 .store(generation, Ordering::Relaxed);
+            // Notifications sent while the connection was down are lost: read them now.
+            if generation > 1 {
+                self.wake.notify_one();
+            }
         }
     }
 }

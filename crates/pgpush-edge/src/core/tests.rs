@@ -222,3 +222,42 @@ async fn a_cursor_older_than_memory_replays_from_the_database_and_an_unknown_epo
         subscription.replay
     );
 }
+
+#[tokio::test]
+async fn batch_notifications_go_to_the_reader_in_order_and_anything_else_wakes_it() {
+    use pgpush_pg::NotificationSink;
+
+    use crate::core::hub::WAKE_CHANNEL;
+
+    let (hub, _listener) = hub_with(8, 8);
+    let mut notices = hub.take_notices().expect("the first taker gets them");
+    assert!(hub.take_notices().is_none(), "and only the first");
+    let wake = hub.durable_wake();
+    let batches = [
+        r#"{"epoch":1,"after":0,"upto":1,"events":[]}"#,
+        r#"{"epoch":1,"after":1,"upto":2,"fetch":true}"#,
+    ];
+    for batch in batches {
+        hub.notification(WAKE_CHANNEL, batch, 1);
+    }
+    for batch in batches {
+        assert_eq!(notices.try_recv().as_deref(), Ok(batch));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), wake.notified())
+            .await
+            .is_err(),
+        "a batch alone does not wake the reader to query"
+    );
+    hub.notification(WAKE_CHANNEL, "42", 1);
+    tokio::time::timeout(Duration::from_secs(1), wake.notified())
+        .await
+        .expect("a bare wake-up wakes it");
+    // A full queue drops the notification and wakes the reader, which reads the gap.
+    for _ in 0..2000 {
+        hub.notification(WAKE_CHANNEL, batches[0], 1);
+    }
+    tokio::time::timeout(Duration::from_secs(1), wake.notified())
+        .await
+        .expect("a dropped batch wakes it");
+}

@@ -560,6 +560,7 @@ mod tests {
         };
         let durable = Arc::new(Durable::new(
             store,
+            None,
             hub.clone(),
             Arc::new(Stats::default()),
             &settings,

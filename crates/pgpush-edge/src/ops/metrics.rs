@@ -109,6 +109,7 @@ struct NodeGauges {
     hippie_queues: u64,
     durable_head: Option<i64>,
     durable_queries: u64,
+    durable_standby_queries: u64,
     durable_epoch_changes: u64,
     durable_history_forks: u64,
     resets: [(&'static str, u64); 2],
@@ -142,6 +143,7 @@ impl NodeGauges {
             hippie_queues: state.hippie_queues,
             durable_head: state.durable_head,
             durable_queries: load(&stats.durable_queries),
+            durable_standby_queries: load(&stats.durable_standby_queries),
             durable_epoch_changes: load(&stats.durable_epoch_changes),
             durable_history_forks: load(&stats.durable_history_forks),
             resets: [
@@ -310,8 +312,14 @@ impl Collector for NodeGauges {
         single(
             e,
             "durable_queries",
-            "Catch-up and replay queries sent to PostgreSQL",
+            "Catch-up and replay queries sent to the primary",
             &counter(self.durable_queries),
+        )?;
+        single(
+            e,
+            "durable_standby_queries",
+            "Catch-up and replay reads a hot standby answered instead of the primary",
+            &counter(self.durable_standby_queries),
         )?;
         single(
             e,

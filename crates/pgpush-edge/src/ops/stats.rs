@@ -97,8 +97,10 @@ pub struct Stats {
     pub publishes: AtomicU64,
     /// Connections the listener has made (1 = never reconnected).
     pub listener_generation: AtomicU64,
-    /// Queries the durable reader and replays sent to PostgreSQL.
+    /// Queries the durable reader and replays sent to the primary.
     pub durable_queries: AtomicU64,
+    /// Catch-up and replay reads a hot standby answered.
+    pub durable_standby_queries: AtomicU64,
     /// Times the database's durable history went on in a new epoch.
     pub durable_epoch_changes: AtomicU64,
     /// Epoch changes in which the database had lost events this node had delivered.
@@ -151,6 +153,7 @@ impl Stats {
             publishes: AtomicU64::new(0),
             listener_generation: AtomicU64::new(0),
             durable_queries: AtomicU64::new(0),
+            durable_standby_queries: AtomicU64::new(0),
             durable_epoch_changes: AtomicU64::new(0),
             durable_history_forks: AtomicU64::new(0),
             resets_expired: AtomicU64::new(0),
@@ -261,6 +264,7 @@ impl Stats {
             durable_epoch: None,
             sequencer: false,
             durable_queries: self.durable_queries.load(Ordering::Relaxed),
+            durable_standby_queries: self.durable_standby_queries.load(Ordering::Relaxed),
         }
     }
 }
