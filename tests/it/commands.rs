@@ -133,7 +133,12 @@ async fn listen_shows_durable_events_too_and_ends_quietly_on_ctrl_c() {
     let pg = TestPostgres::start();
     // A node positions durable events (its sequencer); listen prints them as they come.
     let edge = pgpush_tests::Edge::start(&pg.url()).await;
-    assert_eq!(edge.ready_status().await, 200);
+    // Serving starts before the LISTEN connection is necessarily up (on a loaded machine it can
+    // come a moment later); ready means both.
+    pgpush_tests::wait_until(SOON, "the node is ready", || async {
+        edge.ready_status().await == 200
+    })
+    .await;
     let (mut listen, mut stdout, mut stderr) = start_listen(&pg, &["orders"]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     pg.client()

@@ -15,6 +15,7 @@ mod fan_out;
 mod hippie_flows;
 mod hippie_queue;
 mod hippie_wire;
+mod history;
 mod listen_set;
 mod loadtest;
 mod observability;

@@ -257,21 +257,29 @@ impl EventStore {
         upto: i64,
         limit: i64,
     ) -> Result<Replay, Error> {
+        self.read_with_state(
+            "channel = ANY($1) AND position > $2 AND position <= $3 ORDER BY position LIMIT $4",
+            &[&channels, &after, &upto, &limit],
+        )
+        .await
+    }
+
+    /// The events `condition` (a WHERE clause with its ORDER BY and LIMIT) selects, with the
+    /// retention floor, epoch and high-water mark of the same snapshot.
+    async fn read_with_state(
+        &self,
+        condition: &str,
+        parameters: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Replay, Error> {
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(&format!(
                 "SELECT s.retention_floor, s.epoch, s.last_position, e.{} FROM pgpush.sequencer_state s
-                 LEFT JOIN LATERAL (
-                     SELECT {COLUMNS} FROM pgpush.events
-                     WHERE channel = ANY($1) AND position > $2 AND position <= $3
-                     ORDER BY position LIMIT $4
-                 ) e ON true",
+                 LEFT JOIN LATERAL (SELECT {COLUMNS} FROM pgpush.events WHERE {condition}) e ON true",
                 COLUMNS.replace(", ", ", e.")
             ))
             .await?;
-        let rows = client
-            .query(&statement, &[&channels, &after, &upto, &limit])
-            .await?;
+        let rows = client.query(&statement, parameters).await?;
         let first = rows
             .first()
             .ok_or_else(|| Error::schema("pgpush.sequencer_state is empty"))?;
@@ -281,6 +289,25 @@ impl EventStore {
             last_position: first.get(2),
             rows: event_rows(&rows, 3),
         })
+    }
+
+    /// The last `limit` events of `channel` below `before` and at most `upto`, oldest first,
+    /// with the state of the same snapshot.
+    pub async fn channel_history(
+        &self,
+        channel: &str,
+        before: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Replay, Error> {
+        let mut history = self
+            .read_with_state(
+                "channel = $1 AND position < $2 AND position <= $3 ORDER BY position DESC LIMIT $4",
+                &[&channel, &before, &upto, &limit],
+            )
+            .await?;
+        history.rows.reverse();
+        Ok(history)
     }
 
     /// Publishes a durable event (`pgpush.publish`, or `pgpush.publish_once` with an idempotency

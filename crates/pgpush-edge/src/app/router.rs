@@ -42,6 +42,7 @@ const ROUTES: &[&str] = &[
     "/v1/ws",
     "/v1/sse",
     "/v1/poll",
+    "/v1/history",
 ];
 
 /// Routes one request.
@@ -101,6 +102,10 @@ pub(crate) async fn route(
         },
         (&Method::GET, "/v1/poll") => match admit(&node, &request) {
             Ok(grant) => transport::poll::poll(services, conn, request, grant).await,
+            Err(error) => Err(error),
+        },
+        (&Method::GET, "/v1/history") => match admit(&node, &request) {
+            Ok(grant) => transport::history::history(services, request, grant).await,
             Err(error) => Err(error),
         },
         (&Method::POST, p) if p.starts_with("/v1/publish/") => match admit(&node, &request) {

@@ -80,6 +80,14 @@ impl View {
     }
 }
 
+/// The refusal while durable channels have not started on this node.
+fn unavailable() -> ClientError {
+    ClientError::new(
+        ErrorCode::Unavailable,
+        "durable channels are not available on this node yet",
+    )
+}
+
 /// The range of the last batch notification heard, per epoch.
 #[derive(Debug, Default)]
 struct Notified {
@@ -605,12 +613,6 @@ impl Durable {
     /// is a few milliseconds ahead is fine), or sure that the database's history lost it (the
     /// hub then answers `reset`). A forged cursor is `bad_cursor`.
     pub(crate) async fn resume_point(&self, cursor: &str) -> Result<CursorPoint, ClientError> {
-        let unavailable = || {
-            ClientError::new(
-                ErrorCode::Unavailable,
-                "durable channels are not available on this node yet",
-            )
-        };
         self.turned_off()?;
         self.wait_started(CATCH_UP_WAIT).await;
         let key = self.key.get().ok_or_else(unavailable)?;
@@ -629,6 +631,41 @@ impl Durable {
             Some(true) if self.proves_lost_end(point).await => Ok(point),
             _ => Err(unavailable()),
         }
+    }
+
+    /// The last `limit` durable messages of `channel` before the cursor `before` (default: all
+    /// up to this node's head), oldest first, and the cursor to follow live from: this node's
+    /// head, so a subscribe with it continues without a gap or a duplicate.
+    pub(crate) async fn history(
+        &self,
+        channel: &Channel,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<(Vec<Arc<Message>>, Option<String>), ClientError> {
+        self.turned_off()?;
+        self.wait_started(CATCH_UP_WAIT).await;
+        let (Some(key), Some(head)) = (self.key.get(), self.head()) else {
+            return Err(unavailable());
+        };
+        let before = match before {
+            Some(cursor) => key.decode(cursor).map_err(ClientError::from)?.position,
+            None => i64::MAX,
+        };
+        self.stats.durable_queries.fetch_add(1, Ordering::Relaxed);
+        let read = self
+            .store
+            .channel_history(channel.as_str(), before, head, limit)
+            .instrument(debug_span!("catch_up.query", kind = "history", before))
+            .await
+            .map_err(ClientError::database)?;
+        let epoch = self.hub.cursor_epoch().unwrap_or_default();
+        let messages = read
+            .rows
+            .into_iter()
+            .filter_map(|row| self.message(row, epoch))
+            .map(Arc::new)
+            .collect();
+        Ok((messages, self.cursor(head)))
     }
 
     /// True when the database's current epoch ends below `point`, which a node delivered in it:

@@ -133,6 +133,14 @@ pub(crate) fn query_pairs<B>(request: &Request<B>) -> Vec<(Cow<'_, str>, Cow<'_,
         .collect()
 }
 
+/// The value of the first `name` parameter, if any.
+pub(crate) fn query_value(pairs: &[(Cow<'_, str>, Cow<'_, str>)], name: &str) -> Option<String> {
+    pairs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.to_string())
+}
+
 /// Refuses a query string that does not URL-decode: `bad_channel` when it is a `channel`,
 /// `bad_request` otherwise. Checked once per request, before any route reads the query.
 pub(crate) fn check_query<B>(request: &Request<B>) -> Result<(), ClientError> {

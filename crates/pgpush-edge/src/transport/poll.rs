@@ -14,7 +14,7 @@ use crate::{
         session::Session,
     },
     error::ClientError,
-    http::{Body, ConnInfo, json, query_channels, query_pairs},
+    http::{Body, ConnInfo, json, query_channels, query_pairs, query_value},
     ops::stats::Transport,
     services::Services,
     transport::ends::Ends,
@@ -42,12 +42,7 @@ pub(crate) async fn poll(
             "poll at least one channel: /v1/poll?channel=<name>",
         ));
     }
-    let value = |name: &str| {
-        pairs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.to_string())
-    };
+    let value = |name: &str| query_value(&pairs, name);
     let wait = match value("wait") {
         None => MAX_WAIT,
         Some(text) => text
@@ -129,7 +124,7 @@ fn last_cursor(messages: &[Arc<Message>]) -> Option<&str> {
     messages.iter().rev().find_map(|m| m.cursor())
 }
 
-fn reply(
+pub(crate) fn reply(
     messages: &[Arc<Message>],
     cursor: Option<&str>,
     reset: Option<ResetReason>,

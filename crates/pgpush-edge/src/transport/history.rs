@@ -1,0 +1,58 @@
+//! `GET /v1/history`: the last durable messages of a channel, oldest first, and where to follow
+//! them live from.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use pgpush_protocol::ErrorCode;
+
+use crate::{
+    admission::policy::Grant,
+    error::ClientError,
+    http::{Body, query_channels, query_pairs, query_value},
+    services::Services,
+    transport::poll,
+};
+
+/// Messages answered without `limit`.
+const DEFAULT_LIMIT: i64 = 50;
+/// Most messages one answer holds.
+const MAX_LIMIT: i64 = 1000;
+
+/// `GET /v1/history?channel=<ch>&limit=<n>[&before=<cursor>]`: `{"messages":[...],"cursor":"<c>"}`,
+/// the messages as on the WebSocket with their cursors, `cursor` where to subscribe from to go on
+/// live. The token's subscribe permission for the channel applies.
+pub(crate) async fn history(
+    services: Arc<Services>,
+    request: Request<Incoming>,
+    grant: Grant,
+) -> Result<Response<Body>, ClientError> {
+    let pairs = query_pairs(&request);
+    let channels = query_channels(&services.limits, &pairs, &grant)?;
+    let [channel] = channels.as_slice() else {
+        return Err(ClientError::new(
+            ErrorCode::BadRequest,
+            "history takes one channel: /v1/history?channel=<name>&limit=<n>",
+        ));
+    };
+    let limit = match query_value(&pairs, "limit") {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ClientError::new(
+                    ErrorCode::BadRequest,
+                    format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+                )
+            })?,
+    };
+    let before = query_value(&pairs, "before");
+    let (messages, cursor) = services
+        .durable
+        .history(channel, before.as_deref(), limit)
+        .await?;
+    Ok(poll::reply(&messages, cursor.as_deref(), None))
+}
