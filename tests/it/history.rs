@@ -2,7 +2,7 @@
 //! back with `before`, and followed live from its cursor without a gap or a duplicate.
 
 use pgpush_tests::{
-    Edge, TestPostgres, WsClient,
+    Edge, SseClient, TestPostgres, WsClient,
     durable::{Writer, position_of, publish_numbers},
     http, wait_until,
 };
@@ -85,4 +85,78 @@ async fn history_over_http_pages_back_and_continues_live_without_a_gap() {
         let reply = http::get(a.address(), &format!("/v1/history?{query}")).await;
         assert_eq!(reply.json()["error"], code, "{query}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_on_subscribe_then_live_on_every_transport() {
+    let pg = TestPostgres::start();
+    let edge = Edge::start(&pg.url()).await;
+    publish_numbers(&pg, "room", 1..=30).await;
+    publish_numbers(&pg, "other", 1..=3).await;
+    wait_until(SOON, "the node caught up", || async {
+        http::get(edge.address(), "/v1/history?channel=room&limit=1000")
+            .await
+            .json()["messages"]
+            .as_array()
+            .is_some_and(|m| m.len() == 30)
+    })
+    .await;
+
+    // WebSocket: the subscribe frame's `history`, and `history=` at connect.
+    let mut framed = WsClient::connect(&edge.ws_url("/v1/ws")).await;
+    framed
+        .send_json(serde_json::json!({"op":"subscribe","channels":["room"],"history":10}))
+        .await;
+    let mut at_connect = WsClient::connect(&edge.ws_url("/v1/ws?channel=room&history=5")).await;
+    // SSE and the first poll.
+    let mut sse = SseClient::connect(edge.address(), "/v1/sse?channel=room&history=10", &[]).await;
+    assert_eq!(sse.status, 200);
+    let first_poll = http::get(edge.address(), "/v1/poll?channel=room&history=10")
+        .await
+        .json();
+    assert_eq!(numbers(&first_poll), (21..=30).collect::<Vec<_>>());
+
+    for (client, from) in [(&mut framed, 21), (&mut at_connect, 26)] {
+        for n in from..=30 {
+            assert_eq!(client.next_message(SOON).await["data"], n);
+        }
+        assert_eq!(client.next_json(SOON).await["type"], "subscribed");
+    }
+    for n in 21..=30 {
+        assert_eq!(sse.next_message(SOON).await.1["data"], n);
+    }
+    assert_eq!(sse.next_event(SOON).await.unwrap().event, "subscribed");
+
+    // Then live, right after the history: nothing missed, nothing twice.
+    publish_numbers(&pg, "room", 31..=33).await;
+    for client in [&mut framed, &mut at_connect] {
+        for n in 31..=33 {
+            assert_eq!(client.next_message(SOON).await["data"], n);
+        }
+    }
+    for n in 31..=33 {
+        assert_eq!(sse.next_message(SOON).await.1["data"], n);
+    }
+    let cursor = first_poll["cursor"].as_str().unwrap();
+    let next_poll = http::get(
+        edge.address(),
+        &format!("/v1/poll?channel=room&cursor={cursor}"),
+    )
+    .await
+    .json();
+    assert_eq!(numbers(&next_poll), vec![31, 32, 33]);
+
+    // Out of range: a documented error, and the connection goes on.
+    let refused = http::get(edge.address(), "/v1/sse?channel=room&history=1001").await;
+    assert_eq!(refused.json()["error"], "bad_request");
+    framed
+        .send_json(serde_json::json!({"op":"subscribe","channels":["other"],"history":-1}))
+        .await;
+    let error = framed.next_json(SOON).await;
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("error"), Some("bad_frame"))
+    );
+    publish_numbers(&pg, "room", 34..=34).await;
+    assert_eq!(framed.next_message(SOON).await["data"], 34);
 }

@@ -28,15 +28,20 @@ impl PublishMode {
     }
 }
 
+/// Most durable messages per channel a subscribe's `history` may ask for.
+pub const MAX_HISTORY: i64 = 1000;
+
 /// A frame a client sent over WebSocket.
 #[derive(Debug)]
 pub enum ClientFrame<'a> {
-    /// `{"op":"subscribe","channels":[...],"since":"<cursor>"}`
+    /// `{"op":"subscribe","channels":[...],"since":"<cursor>","history":<n>}`
     Subscribe {
         /// Channels to add, validated.
         channels: Vec<Channel>,
         /// Cursor to resume from.
         since: Option<String>,
+        /// Without `since`: the last this many durable messages of each channel first.
+        history: Option<i64>,
     },
     /// `{"op":"unsubscribe","channels":[...]}`
     Unsubscribe {
@@ -126,6 +131,22 @@ pub fn parse_client_frame(text: &str) -> Result<ParsedFrame<'_>, FrameError> {
                         "\"since\" must be a cursor string".into(),
                     )
                 })?),
+            },
+            history: match fields.get("history") {
+                None => None,
+                Some(raw) => Some(
+                    serde_json::from_str::<i64>(raw.get())
+                        .ok()
+                        .filter(|n| (0..=MAX_HISTORY).contains(n))
+                        .ok_or_else(|| {
+                            fail(
+                                ErrorCode::BadFrame,
+                                format!(
+                                    "\"history\" must be a whole number from 0 to {MAX_HISTORY}"
+                                ),
+                            )
+                        })?,
+                ),
             },
         },
         "unsubscribe" => ClientFrame::Unsubscribe {
@@ -385,11 +406,33 @@ mod tests {
     }
 
     #[test]
+    fn subscribe_with_history() {
+        let parsed =
+            parse_client_frame(r#"{"op":"subscribe","channels":["a"],"history":50}"#).unwrap();
+        assert!(matches!(
+            parsed.frame,
+            ClientFrame::Subscribe {
+                history: Some(50),
+                since: None,
+                ..
+            }
+        ));
+        for bad in ["-1", "1001", "2.5", "\"7\"", "null"] {
+            let frame = format!(r#"{{"op":"subscribe","channels":["a"],"history":{bad}}}"#);
+            let error = parse_client_frame(&frame).unwrap_err();
+            assert_eq!(error.code, ErrorCode::BadFrame, "{bad}");
+            assert!(error.reason.contains("history"), "{}", error.reason);
+        }
+    }
+
+    #[test]
     fn subscribe_and_friends() {
         let parsed =
             parse_client_frame(r#"{"op":"subscribe","channels":["a","B c"],"since":"5"}"#).unwrap();
         match parsed.frame {
-            ClientFrame::Subscribe { channels, since } => {
+            ClientFrame::Subscribe {
+                channels, since, ..
+            } => {
                 assert_eq!(
                     channels,
                     [Channel::new("a").unwrap(), Channel::new("B c").unwrap()]

@@ -18,7 +18,7 @@ pub use channel::{Channel, ChannelError, MAX_CHANNEL_BYTES, RESERVED_PREFIX};
 pub use cursor::{CursorError, CursorKey, CursorPoint};
 pub use error_code::ErrorCode;
 pub use frame::{
-    ClientFrame, FrameError, ParsedFrame, PublishMode, ServerFrame, http_error_body,
+    ClientFrame, FrameError, MAX_HISTORY, ParsedFrame, PublishMode, ServerFrame, http_error_body,
     parse_client_frame, poll_reply, publish_reply, raw_reference,
 };
 pub use message::{Message, ResetReason};

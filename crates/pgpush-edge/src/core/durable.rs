@@ -651,21 +651,49 @@ impl Durable {
             Some(cursor) => key.decode(cursor).map_err(ClientError::from)?.position,
             None => i64::MAX,
         };
+        let messages = self.read_history(channel, before, head, limit).await?;
+        Ok((messages, self.cursor(head)))
+    }
+
+    /// The last `limit` durable messages of each of `channels` up to `upto`, in position order
+    /// (what a subscribe with `history` is sent before it goes live from `upto`).
+    pub(crate) async fn last_of_channels(
+        &self,
+        channels: &[Channel],
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<Arc<Message>>, ClientError> {
+        self.turned_off()?;
+        let mut messages = Vec::new();
+        for channel in channels {
+            messages.extend(self.read_history(channel, i64::MAX, upto, limit).await?);
+        }
+        messages.sort_by_key(|m| m.position());
+        Ok(messages)
+    }
+
+    /// The last `limit` messages of `channel` below `before` and at most `upto`, oldest first.
+    async fn read_history(
+        &self,
+        channel: &Channel,
+        before: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<Arc<Message>>, ClientError> {
         self.stats.durable_queries.fetch_add(1, Ordering::Relaxed);
         let read = self
             .store
-            .channel_history(channel.as_str(), before, head, limit)
+            .channel_history(channel.as_str(), before, upto, limit)
             .instrument(debug_span!("catch_up.query", kind = "history", before))
             .await
             .map_err(ClientError::database)?;
         let epoch = self.hub.cursor_epoch().unwrap_or_default();
-        let messages = read
+        Ok(read
             .rows
             .into_iter()
             .filter_map(|row| self.message(row, epoch))
             .map(Arc::new)
-            .collect();
-        Ok((messages, self.cursor(head)))
+            .collect())
     }
 
     /// True when the database's current epoch ends below `point`, which a node delivered in it:

@@ -26,22 +26,40 @@ pub(crate) enum ReplayBatch {
     Reset(ResetReason),
 }
 
-/// Subscribes `session` to `channels`, resuming after `cursor` when given. Errors are
-/// `bad_cursor` (malformed or forged) and `unavailable` (database or LISTEN not ready).
+/// What a subscriber is sent before it goes live.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Start {
+    /// Everything after this cursor.
+    pub(crate) since: Option<String>,
+    /// Without `since`: the last this many durable messages of each channel.
+    pub(crate) history: Option<i64>,
+}
+
+/// Subscribes `session` to `channels`, resuming after `start.since` when given, or else
+/// starting with the last `start.history` durable messages of each channel up to the
+/// registration head (so live messages continue right after them). Errors are `bad_cursor`
+/// (malformed or forged) and `unavailable` (database or LISTEN not ready).
 pub(crate) async fn subscribe(
     durable: &Durable,
     session: &mut Session,
     channels: &[Channel],
-    cursor: Option<&str>,
+    start: &Start,
 ) -> Result<Subscription, ClientError> {
-    let since = match cursor {
+    let since = match &start.since {
         Some(cursor) => Some(durable.resume_point(cursor).await?),
         None => None,
     };
-    session
+    let mut subscription = session
         .subscribe(channels, since)
         .await
-        .map_err(|error| ClientError::new(ErrorCode::Unavailable, error.to_string()))
+        .map_err(|error| ClientError::new(ErrorCode::Unavailable, error.to_string()))?;
+    if let (None, Some(limit), Some(head)) = (&since, start.history, subscription.head)
+        && limit > 0
+    {
+        let messages = durable.last_of_channels(channels, head, limit).await?;
+        subscription.replay = Replay::Memory(messages);
+    }
+    Ok(subscription)
 }
 
 /// The replay as batches: the memory part at once, the database part one query per batch.

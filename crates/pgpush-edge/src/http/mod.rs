@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
-use pgpush_protocol::{Channel, ErrorCode, UrlDecodeError, http_error_body};
+use pgpush_protocol::{Channel, ErrorCode, MAX_HISTORY, UrlDecodeError, http_error_body};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -139,6 +139,25 @@ pub(crate) fn query_value(pairs: &[(Cow<'_, str>, Cow<'_, str>)], name: &str) ->
         .iter()
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.to_string())
+}
+
+/// The `history=<n>` parameter of a subscribe: 0 to [`MAX_HISTORY`] messages per channel.
+pub(crate) fn query_history(
+    pairs: &[(Cow<'_, str>, Cow<'_, str>)],
+) -> Result<Option<i64>, ClientError> {
+    query_value(pairs, "history")
+        .map(|text| {
+            text.parse::<i64>()
+                .ok()
+                .filter(|n| (0..=MAX_HISTORY).contains(n))
+                .ok_or_else(|| {
+                    ClientError::new(
+                        ErrorCode::BadRequest,
+                        format!("history must be a whole number from 0 to {MAX_HISTORY}"),
+                    )
+                })
+        })
+        .transpose()
 }
 
 /// Refuses a query string that does not URL-decode: `bad_channel` when it is a `channel`,

@@ -10,11 +10,11 @@ use pgpush_protocol::{ErrorCode, Message, ResetReason, poll_reply};
 use crate::{
     admission::policy::Grant,
     core::{
-        replay::{self, ReplayBatch},
+        replay::{self, ReplayBatch, Start},
         session::Session,
     },
     error::ClientError,
-    http::{Body, ConnInfo, json, query_channels, query_pairs, query_value},
+    http::{Body, ConnInfo, json, query_channels, query_history, query_pairs, query_value},
     ops::stats::Transport,
     services::Services,
     transport::ends::Ends,
@@ -58,19 +58,31 @@ pub(crate) async fn poll(
             })?,
     };
     let cursor = value("cursor");
-    // First poll: where to start from (a node that just started reads the head first). Without
-    // durable channels (turned off, no schema yet) there is no cursor: it is held like any poll.
+    let history = query_history(&pairs)?;
+    // First poll: where to start from (a node that just started reads the head first), after
+    // the channels' last `history` messages. Without durable channels (turned off, no schema
+    // yet) there is no cursor: it is held like any poll.
     let durable = &services.durable;
     if cursor.is_none() && durable.wait_started(Duration::from_secs(5)).await {
-        let current = durable.head().and_then(|head| durable.cursor(head));
-        return Ok(reply(&[], current.as_deref(), None));
+        let head = durable.head();
+        let messages = match (history, head) {
+            (Some(limit), Some(head)) if limit > 0 => {
+                durable.last_of_channels(&channels, head, limit).await?
+            }
+            _ => Vec::new(),
+        };
+        let current = head.and_then(|head| durable.cursor(head));
+        return Ok(reply(&messages, current.as_deref(), None));
     }
     let stats = &services.stats;
     let _guard = stats.connection(Transport::Poll);
     let (outbox, mut inbox) = services.hub.outbox(Some(conn.kill.clone()));
     let mut session = Session::new(services.hub.clone(), outbox);
-    let subscription =
-        replay::subscribe(durable, &mut session, &channels, cursor.as_deref()).await?;
+    let start = Start {
+        since: cursor,
+        history: None,
+    };
+    let subscription = replay::subscribe(durable, &mut session, &channels, &start).await?;
     let registered = durable.subscription_cursor(&subscription);
     let mut replay = std::pin::pin!(replay::batches(
         durable.clone(),

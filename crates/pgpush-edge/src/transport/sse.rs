@@ -13,11 +13,11 @@ use futures_util::{StreamExt, stream};
 use crate::{
     admission::policy::Grant,
     core::{
-        replay::{self, ReplayBatch},
+        replay::{self, ReplayBatch, Start},
         session::Session,
     },
     error::ClientError,
-    http::{Body, ConnInfo, query_channels, query_pairs},
+    http::{Body, ConnInfo, query_channels, query_history, query_pairs},
     ops::stats::Transport,
     services::Services,
     transport::{
@@ -69,8 +69,11 @@ pub(crate) async fn open(
     let (outbox, inbox) = services.hub.outbox(Some(conn.kill.clone()));
     let mut session = Session::new(services.hub.clone(), outbox);
     let durable = &services.durable;
-    let subscription =
-        replay::subscribe(durable, &mut session, &channels, cursor.as_deref()).await?;
+    let start = Start {
+        since: cursor,
+        history: query_history(&pairs)?,
+    };
+    let subscription = replay::subscribe(durable, &mut session, &channels, &start).await?;
     let subscribed = ServerFrame::Subscribed {
         channels: &channels,
         cursor: durable.subscription_cursor(&subscription).as_deref(),

@@ -19,11 +19,11 @@ use crate::{
         policy::{Action, Grant},
     },
     core::{
-        replay::{self, ReplayBatch},
+        replay::{self, ReplayBatch, Start},
         session::Session,
     },
     error::ClientError,
-    http::{Body, ConnInfo, client_address, query_channels, query_pairs},
+    http::{Body, ConnInfo, client_address, query_channels, query_history, query_pairs},
     ops::stats::{PublishVia, Transport},
     services::Services,
     transport::{
@@ -55,6 +55,10 @@ pub(crate) fn upgrade(
     if let Some(since) = &since {
         services.durable.check_cursor(since)?;
     }
+    let start = Start {
+        since,
+        history: query_history(&pairs)?,
+    };
     drop(pairs);
     let task_services = services.clone();
     let client = Client { grant, address };
@@ -63,7 +67,7 @@ pub(crate) fn upgrade(
         conn.clone(),
         &mut request,
         accept,
-        move |io| run(task_services, conn, io, channels, since, client),
+        move |io| run(task_services, conn, io, channels, start, client),
     ))
 }
 
@@ -78,7 +82,7 @@ async fn run(
     conn: Arc<ConnInfo>,
     mut io: WsIo,
     channels: Vec<Channel>,
-    since: Option<String>,
+    start: Start,
     client: Client,
 ) {
     let _guard = services.stats.connection(Transport::WebSocket);
@@ -93,7 +97,7 @@ async fn run(
     let mut end = Ok(());
     if !channels.is_empty() {
         // Boxed for the same reason as client frames: it happens once, and is large.
-        end = Box::pin(protocol.subscribe(&mut io, channels, since, None, &ends)).await;
+        end = Box::pin(protocol.subscribe(&mut io, channels, start, None, &ends)).await;
     }
     let end = match end {
         Ok(()) => {
@@ -142,8 +146,13 @@ impl WsProtocol for Native {
         };
         let reference = parsed.reference;
         match parsed.frame {
-            ClientFrame::Subscribe { channels, since } => {
-                self.subscribe(io, channels, since, reference, ends).await
+            ClientFrame::Subscribe {
+                channels,
+                since,
+                history,
+            } => {
+                let start = Start { since, history };
+                self.subscribe(io, channels, start, reference, ends).await
             }
             ClientFrame::Unsubscribe { channels } => {
                 self.session.unsubscribe(&channels);
@@ -244,13 +253,14 @@ impl Native {
         self.services.limits.publish_from(self.client.address)
     }
 
-    /// Subscribes (replaying after `since`), sends the replay and then `subscribed` with the
-    /// connection's cursor; live messages queued meanwhile follow.
+    /// Subscribes (replaying after `since`, or the channels' last `history` messages), sends the
+    /// replay and then `subscribed` with the connection's cursor; live messages queued meanwhile
+    /// follow.
     async fn subscribe(
         &mut self,
         io: &mut WsIo,
         channels: Vec<Channel>,
-        since: Option<String>,
+        start: Start,
         reference: Option<&str>,
         ends: &Ends,
     ) -> Result<(), End> {
@@ -270,19 +280,13 @@ impl Native {
             return send_error(io, &error, reference, ends).await;
         }
         let durable = &self.services.durable;
-        let subscription = match replay::subscribe(
-            durable,
-            &mut self.session,
-            &channels,
-            since.as_deref(),
-        )
-        .await
-        {
-            Ok(subscription) => subscription,
-            Err(error) => {
-                return send_error(io, &error, reference, ends).await;
-            }
-        };
+        let subscription =
+            match replay::subscribe(durable, &mut self.session, &channels, &start).await {
+                Ok(subscription) => subscription,
+                Err(error) => {
+                    return send_error(io, &error, reference, ends).await;
+                }
+            };
         let cursor = durable.subscription_cursor(&subscription);
         let batches = replay::batches(durable.clone(), channels.clone(), subscription.replay);
         let mut batches = std::pin::pin!(batches);
