@@ -663,7 +663,6 @@ impl Durable {
         upto: i64,
         limit: i64,
     ) -> Result<Vec<Arc<Message>>, ClientError> {
-        self.turned_off()?;
         let mut messages = Vec::new();
         for channel in channels {
             messages.extend(self.read_history(channel, i64::MAX, upto, limit).await?);

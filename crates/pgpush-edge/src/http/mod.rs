@@ -141,23 +141,37 @@ pub(crate) fn query_value(pairs: &[(Cow<'_, str>, Cow<'_, str>)], name: &str) ->
         .map(|(_, v)| v.to_string())
 }
 
-/// The `history=<n>` parameter of a subscribe: 0 to [`MAX_HISTORY`] messages per channel.
-pub(crate) fn query_history(
+/// The `name` parameter as a whole number in `range`, if given; `bad_request` naming the range
+/// otherwise.
+pub(crate) fn query_number(
     pairs: &[(Cow<'_, str>, Cow<'_, str>)],
+    name: &str,
+    range: std::ops::RangeInclusive<i64>,
 ) -> Result<Option<i64>, ClientError> {
-    query_value(pairs, "history")
+    query_value(pairs, name)
         .map(|text| {
             text.parse::<i64>()
                 .ok()
-                .filter(|n| (0..=MAX_HISTORY).contains(n))
+                .filter(|n| range.contains(n))
                 .ok_or_else(|| {
                     ClientError::new(
                         ErrorCode::BadRequest,
-                        format!("history must be a whole number from 0 to {MAX_HISTORY}"),
+                        format!(
+                            "{name} must be a whole number from {} to {}",
+                            range.start(),
+                            range.end()
+                        ),
                     )
                 })
         })
         .transpose()
+}
+
+/// The `history=<n>` parameter of a subscribe: 0 to [`MAX_HISTORY`] messages per channel.
+pub(crate) fn query_history(
+    pairs: &[(Cow<'_, str>, Cow<'_, str>)],
+) -> Result<Option<i64>, ClientError> {
+    query_number(pairs, "history", 0..=MAX_HISTORY)
 }
 
 /// Refuses a query string that does not URL-decode: `bad_channel` when it is a `channel`,

@@ -10,7 +10,7 @@ use pgpush_protocol::ErrorCode;
 use crate::{
     admission::policy::Grant,
     error::ClientError,
-    http::{Body, query_channels, query_pairs, query_value},
+    http::{Body, query_channels, query_number, query_pairs, query_value},
     services::Services,
     transport::poll,
 };
@@ -36,19 +36,7 @@ pub(crate) async fn history(
             "history takes one channel: /v1/history?channel=<name>&limit=<n>",
         ));
     };
-    let limit = match query_value(&pairs, "limit") {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ClientError::new(
-                    ErrorCode::BadRequest,
-                    format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
-                )
-            })?,
-    };
+    let limit = query_number(&pairs, "limit", 1..=MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
     let before = query_value(&pairs, "before");
     let (messages, cursor) = services
         .durable

@@ -1,6 +1,7 @@
 //! Client transports: thin adapters from a subscriber's queue of shared messages to one wire
 //! format (`ws` over `websocket`, `sse` over `stream_body`, `poll`), the HTTP publish and history
-//! routes, and why a connection ends (`ends`). They import `services`, `http`, `core`, `admission`, `ops`.
+//! routes, and why a connection ends (`ends`). They import `services`, `http`, `core`,
+//! `admission`, `ops`.
 
 pub(crate) mod ends;
 pub(crate) mod history;

@@ -17,7 +17,7 @@ use crate::{
         session::Session,
     },
     error::ClientError,
-    http::{Body, ConnInfo, query_channels, query_history, query_pairs},
+    http::{Body, ConnInfo, query_channels, query_history, query_pairs, query_value},
     ops::stats::Transport,
     services::Services,
     transport::{
@@ -60,12 +60,7 @@ pub(crate) async fn open(
     let cursor = last_event_id
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
-        .or_else(|| {
-            pairs
-                .iter()
-                .find(|(name, _)| name == "since")
-                .map(|(_, v)| v.to_string())
-        });
+        .or_else(|| query_value(&pairs, "since"));
     let (outbox, inbox) = services.hub.outbox(Some(conn.kill.clone()));
     let mut session = Session::new(services.hub.clone(), outbox);
     let durable = &services.durable;

@@ -23,7 +23,9 @@ use crate::{
         session::Session,
     },
     error::ClientError,
-    http::{Body, ConnInfo, client_address, query_channels, query_history, query_pairs},
+    http::{
+        Body, ConnInfo, client_address, query_channels, query_history, query_pairs, query_value,
+    },
     ops::stats::{PublishVia, Transport},
     services::Services,
     transport::{
@@ -48,10 +50,7 @@ pub(crate) fn upgrade(
         request.headers(),
         &services.lifetimes.settings.trusted_proxies,
     );
-    let since = pairs
-        .iter()
-        .find(|(name, _)| name == "since")
-        .map(|(_, value)| value.to_string());
+    let since = query_value(&pairs, "since");
     if let Some(since) = &since {
         services.durable.check_cursor(since)?;
     }
