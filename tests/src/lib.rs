@@ -13,6 +13,7 @@ pub mod otlp;
 pub mod postgres;
 pub mod raw;
 pub mod sse;
+pub mod tokens;
 pub mod up;
 pub mod ws;
 

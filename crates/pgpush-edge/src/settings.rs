@@ -124,6 +124,8 @@ pub struct AdmissionSettings {
     pub publish_allow: Vec<String>,
     /// Origins browsers may connect from (empty: any).
     pub allowed_origins: Vec<String>,
+    /// The operator's key for `/v1/admin/*` (`None`: no admin API).
+    pub api_key: Option<String>,
 }
 
 /// Limits on what clients hold and do.

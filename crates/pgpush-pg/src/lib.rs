@@ -11,6 +11,7 @@ mod events;
 mod listener;
 mod migrations;
 mod notice;
+mod presence;
 mod publisher;
 mod sequencer;
 pub mod throwaway;
@@ -24,6 +25,7 @@ pub use events::{
 pub use listener::{Listener, ListenerState, ListenerTask, NotificationSink};
 pub use migrations::{SCHEMA_VERSION, migrate, migrate_database, schema_version};
 pub use notice::WakeNotice;
+pub use presence::{CONTROL_CHANNEL, PRESENCE_CHANNEL, PresenceStore, PresentClient, unix_time};
 pub use publisher::{PoolStatus, Publisher};
 pub use sequencer::{SequencerConfig, SequencerHandle, spawn_sequencer};
 pub use tokio_postgres::Config as PgConfig;

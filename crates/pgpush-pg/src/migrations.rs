@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "the batch's events in its notifications: no per-node query per batch",
         include_str!("../migrations/0006_events_in_notifications.sql"),
     ),
+    (
+        7,
+        "presence, and server-side control: disconnect, unsubscribe, revoke_token",
+        include_str!("../migrations/0007_presence_and_control.sql"),
+    ),
 ];
 
 /// Advisory lock that serialises concurrent `migrate` runs (several nodes starting at once).

@@ -53,6 +53,11 @@ impl Publisher {
         crate::EventStore::new(self.pool.clone())
     }
 
+    /// Presence and server-side control, through the same pool.
+    pub fn presence(&self) -> crate::PresenceStore {
+        crate::PresenceStore::new(self.pool.clone())
+    }
+
     /// Closes pooled connections unused for [`IDLE_CLOSE`], checking every half of it, until
     /// `shutdown`: a node opens several at start (its first queries run at once) and needs
     /// one or two afterwards, and every idle backend is memory and a slot on the primary.

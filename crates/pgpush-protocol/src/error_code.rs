@@ -43,6 +43,9 @@ pub enum ErrorCode {
     BadCursor,
     /// A failure inside the server; details are in its log, never in the response.
     Internal,
+    /// The server disconnected the client's user (`pgpush.disconnect`): do not reconnect with
+    /// the same token.
+    Disconnected,
 }
 
 impl ErrorCode {
@@ -67,6 +70,7 @@ impl ErrorCode {
             ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::BadCursor => "bad_cursor",
             ErrorCode::Internal => "internal",
+            ErrorCode::Disconnected => "disconnected",
         }
     }
 
@@ -80,7 +84,7 @@ impl ErrorCode {
             | ErrorCode::BadRequest
             | ErrorCode::BadCursor => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::Disconnected => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::TooLarge => 413,

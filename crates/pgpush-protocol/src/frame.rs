@@ -34,7 +34,7 @@ pub const MAX_HISTORY: i64 = 1000;
 /// A frame a client sent over WebSocket.
 #[derive(Debug)]
 pub enum ClientFrame<'a> {
-    /// `{"op":"subscribe","channels":[...],"since":"<cursor>","history":<n>}`
+    /// `{"op":"subscribe","channels":[...],"since":"<cursor>","history":<n>,"presence":true}`
     Subscribe {
         /// Channels to add, validated.
         channels: Vec<Channel>,
@@ -42,6 +42,8 @@ pub enum ClientFrame<'a> {
         since: Option<String>,
         /// Without `since`: the last this many durable messages of each channel first.
         history: Option<i64>,
+        /// Be present in the channels and receive their joins and leaves.
+        presence: bool,
     },
     /// `{"op":"unsubscribe","channels":[...]}`
     Unsubscribe {
@@ -148,6 +150,15 @@ pub fn parse_client_frame(text: &str) -> Result<ParsedFrame<'_>, FrameError> {
                         })?,
                 ),
             },
+            presence: match fields.get("presence") {
+                None => false,
+                Some(raw) => serde_json::from_str::<bool>(raw.get()).map_err(|_| {
+                    fail(
+                        ErrorCode::BadFrame,
+                        "\"presence\" must be true or false".into(),
+                    )
+                })?,
+            },
         },
         "unsubscribe" => ClientFrame::Unsubscribe {
             channels: channel_list(&fields, &fail)?,
@@ -251,6 +262,9 @@ pub enum ServerFrame<'a> {
         /// The connection's position once replay is done (durable channels only).
         #[serde(skip_serializing_if = "Option::is_none")]
         cursor: Option<&'a str>,
+        /// The connection's id in the channels' presence, when it asked to be present.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        presence_id: Option<&'a str>,
     },
     /// The channels are no longer subscribed.
     Unsubscribed {
@@ -426,6 +440,28 @@ mod tests {
     }
 
     #[test]
+    fn subscribe_with_presence() {
+        let parsed =
+            parse_client_frame(r#"{"op":"subscribe","channels":["a"],"presence":true}"#).unwrap();
+        assert!(matches!(
+            parsed.frame,
+            ClientFrame::Subscribe { presence: true, .. }
+        ));
+        let parsed = parse_client_frame(r#"{"op":"subscribe","channels":["a"]}"#).unwrap();
+        assert!(matches!(
+            parsed.frame,
+            ClientFrame::Subscribe {
+                presence: false,
+                ..
+            }
+        ));
+        let error =
+            parse_client_frame(r#"{"op":"subscribe","channels":["a"],"presence":1}"#).unwrap_err();
+        assert_eq!(error.code, ErrorCode::BadFrame);
+        assert!(error.reason.contains("presence"), "{}", error.reason);
+    }
+
+    #[test]
     fn subscribe_and_friends() {
         let parsed =
             parse_client_frame(r#"{"op":"subscribe","channels":["a","B c"],"since":"5"}"#).unwrap();
@@ -553,11 +589,22 @@ mod tests {
         assert_eq!(
             ServerFrame::Subscribed {
                 channels: &channels,
-                cursor: None
+                cursor: None,
+                presence_id: None,
             }
             .encode()
             .as_ref(),
             br#"{"type":"subscribed","channels":["a"]}"#
+        );
+        assert_eq!(
+            ServerFrame::Subscribed {
+                channels: &channels,
+                cursor: Some("7.x"),
+                presence_id: Some("n.3"),
+            }
+            .encode()
+            .as_ref(),
+            br#"{"type":"subscribed","channels":["a"],"cursor":"7.x","presence_id":"n.3"}"#
         );
         assert_eq!(
             ServerFrame::Error {

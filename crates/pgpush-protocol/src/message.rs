@@ -63,6 +63,9 @@ enum Body {
     /// Not a message: the point in a client's queue where its history changed. What follows
     /// continues from the marker's cursor; the client must reload its state first.
     Reset(ResetReason),
+    /// A server frame that travels in the queue, in order with messages (a presence join or
+    /// leave, an unsubscribe by the server): its JSON, and its `type` as the SSE event name.
+    Signal { event: &'static str, frame: Bytes },
 }
 
 impl Message {
@@ -85,6 +88,12 @@ impl Message {
         )
     }
 
+    /// A server frame sent in order with the queue's messages: `frame` (JSON with `"type":
+    /// event`) as the WebSocket text and long-poll element, and as an SSE event named `event`.
+    pub fn signal(event: &'static str, frame: Bytes) -> Message {
+        Message::with_body(Body::Signal { event, frame }, None)
+    }
+
     fn new(channel: Channel, payload: Payload, durable: Option<(i64, Box<str>)>) -> Message {
         Message::with_body(Body::Event { channel, payload }, durable)
     }
@@ -104,14 +113,14 @@ impl Message {
     pub fn channel(&self) -> Option<&Channel> {
         match &self.body {
             Body::Event { channel, .. } => Some(channel),
-            Body::Reset(_) => None,
+            Body::Reset(_) | Body::Signal { .. } => None,
         }
     }
 
     /// Why the client must reload, for a reset marker.
     pub fn reset_reason(&self) -> Option<ResetReason> {
         match self.body {
-            Body::Event { .. } => None,
+            Body::Event { .. } | Body::Signal { .. } => None,
             Body::Reset(reason) => Some(reason),
         }
     }
@@ -135,6 +144,7 @@ impl Message {
             let (channel, payload) = match &self.body {
                 Body::Event { channel, payload } => (channel, payload),
                 Body::Reset(reason) => return self.reset_frame(*reason),
+                Body::Signal { frame, .. } => return frame.clone(),
             };
             let mut out = Vec::with_capacity(payload.len() + 64);
             out.extend_from_slice(br#"{"type":"message","channel":"#);
@@ -164,6 +174,11 @@ impl Message {
                     sse::write_event(&mut out, self.cursor(), "reset", &self.reset_frame(*reason));
                     return Bytes::from(out);
                 }
+                Body::Signal { event, frame } => {
+                    let mut out = Vec::with_capacity(frame.len() + 32);
+                    sse::write_event(&mut out, None, event, frame);
+                    return Bytes::from(out);
+                }
             };
             let mut data = Vec::with_capacity(payload.len() + 32);
             data.extend_from_slice(br#"{"channel":"#);
@@ -188,6 +203,8 @@ impl Message {
                 Bytes::from(out)
             }
             Body::Reset(reason) => crate::hippie::error_message("reset", reason.hippie_reason()),
+            // Hippie clients never ask for presence and are never controlled: not reached.
+            Body::Signal { frame, .. } => frame.clone(),
         })
     }
 
@@ -204,6 +221,7 @@ impl Message {
         match &self.body {
             Body::Event { payload, .. } => payload.len() + 64,
             Body::Reset(_) => 64,
+            Body::Signal { frame, .. } => frame.len() + 64,
         }
     }
 
@@ -239,6 +257,21 @@ mod tests {
         assert_eq!(
             m.websocket_text().as_ref(),
             br#"{"type":"message","channel":"c","data":"not json","cursor":"42.abc"}"#
+        );
+    }
+
+    #[test]
+    fn a_signal_is_its_frame_on_the_websocket_and_an_event_of_its_type_on_sse() {
+        let frame = Bytes::from_static(br#"{"type":"join","channel":"c","client":{"id":"n.1"}}"#);
+        let m = Message::signal("join", frame.clone());
+        assert_eq!(m.websocket_text(), &frame);
+        assert_eq!(
+            m.sse_event().as_ref(),
+            b"event: join\ndata: {\"type\":\"join\",\"channel\":\"c\",\"client\":{\"id\":\"n.1\"}}\n\n"
+        );
+        assert_eq!(
+            (m.channel(), m.position(), m.reset_reason()),
+            (None, None, None)
         );
     }
 

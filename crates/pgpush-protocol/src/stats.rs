@@ -42,6 +42,9 @@ pub struct StatsSnapshot {
     /// Of those reads, the ones a hot standby answered instead (`--standby-database-url`).
     #[serde(default)]
     pub durable_standby_queries: u64,
+    /// Presence writes (batches of joins and leaves, heartbeats) this node sent since start.
+    #[serde(default)]
+    pub presence_queries: u64,
 }
 
 /// Open connections by transport.

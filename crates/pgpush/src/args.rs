@@ -323,6 +323,11 @@ pub(crate) struct SecurityArgs {
     #[arg(long, env = "PGPUSH_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub(crate) allowed_origins: Vec<String>,
 
+    /// The operator's key for the admin API (`/v1/admin/disconnect`, `unsubscribe`, `revoke`),
+    /// sent as `Authorization: Bearer <key>`; a client token never opens it. Unset: no admin API.
+    #[arg(long, env = "PGPUSH_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
+
     /// Open client connections the node accepts in total.
     #[arg(long, env = "PGPUSH_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub(crate) max_connections: usize,
@@ -605,6 +610,7 @@ impl ServeArgs {
                 subscribe_allow: security.subscribe_allow.clone(),
                 publish_allow: security.publish_allow.clone(),
                 allowed_origins: security.allowed_origins.clone(),
+                api_key: security.api_key.clone(),
             },
             limits: LimitSettings {
                 max_connections: security.max_connections,

@@ -9,7 +9,7 @@ mod tokens;
 
 use std::{
     net::{IpAddr, SocketAddr},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use base64::Engine;
@@ -32,22 +32,7 @@ use crate::SOON;
 
 const SECRET: &str = "a test secret that is long enough for HS256";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// An HS256 token signed with `secret` carrying `claims`.
-fn token_with(secret: &str, claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
+use pgpush_tests::tokens::{hs256 as token_with, now};
 
 /// A token for `chat` only, valid for an hour.
 fn chat_token() -> String {

@@ -1,5 +1,6 @@
 //! Admission: who may connect (origins, JWTs from an HS256 secret or a JWKS file re-read when
-//! it changes), which channels a grant reaches (`policy`), and how much they may do (`limits`).
+//! it changes, minus the revoked ones), which channels a grant reaches (`policy`), how much they
+//! may do (`limits`), and the operator's API key.
 
 use std::{
     path::PathBuf,
@@ -16,12 +17,16 @@ use tracing::{info, warn};
 
 pub(crate) mod limits;
 pub(crate) mod policy;
+pub(crate) mod revocations;
 
 use crate::{error::ClientError, settings::AdmissionSettings};
 use policy::{AllowLists, Grant, Pattern, TokenGrant};
+use revocations::Revocations;
 
 /// The algorithms a token may be signed with.
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256];
+/// The largest `info` claim a token may carry (it is stored and sent with every presence entry).
+const MAX_INFO_BYTES: usize = 1024;
 /// How often the JWKS file's modification time is checked.
 const JWKS_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -46,6 +51,8 @@ impl std::fmt::Debug for Key {
 struct Claims {
     sub: Option<String>,
     exp: u64,
+    jti: Option<String>,
+    info: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     subscribe: Vec<String>,
     #[serde(default)]
@@ -72,6 +79,10 @@ pub(crate) struct Admission {
     origins: Vec<String>,
     /// `None` when tokens are off.
     tokens: Option<Tokens>,
+    /// Tokens refused although valid.
+    revocations: Arc<Revocations>,
+    /// The operator's key for `/v1/admin/*`; `None`: no admin API.
+    api_key: Option<String>,
 }
 
 #[derive(Debug)]
@@ -121,7 +132,32 @@ impl Admission {
                 .filter(|o| !o.is_empty())
                 .collect(),
             tokens,
+            revocations: Arc::default(),
+            api_key: config.api_key.clone().filter(|k| !k.is_empty()),
         })
+    }
+
+    /// The revoked tokens this node refuses.
+    pub(crate) fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
+    /// Checks an operator's request (`Authorization: Bearer <api key>`): `not_found` when the node
+    /// has no API key, `unauthorized` for a missing or wrong key. A client token never passes.
+    pub(crate) fn admit_operator(&self, headers: &HeaderMap) -> Result<(), ClientError> {
+        let Some(key) = &self.api_key else {
+            return Err(ClientError::new(
+                ErrorCode::NotFound,
+                "the admin API is off: start the node with --api-key",
+            ));
+        };
+        match bearer(headers) {
+            Some(given) if constant_time_eq(given.as_bytes(), key.as_bytes()) => Ok(()),
+            _ => Err(ClientError::new(
+                ErrorCode::Unauthorized,
+                "the admin API needs Authorization: Bearer <the node's --api-key>",
+            )),
+        }
     }
 
     /// Checks a client request's origin and token; the grant says what it may touch.
@@ -140,17 +176,31 @@ impl Admission {
                 "a token is required: Authorization: Bearer <token>, or ?token=<token>",
             )
         })?;
-        let grant = tokens.verify(token)?;
+        let grant = self.verify(tokens, token)?;
         Ok(Grant::new(self.lists.clone(), Some(grant)))
     }
 
     /// The grant of a fresh token sent on an open connection (without tokens: the node's lists).
     pub(crate) fn reauthorize(&self, token: &str) -> Result<Grant, ClientError> {
         let token = match &self.tokens {
-            Some(tokens) => Some(tokens.verify(token)?),
+            Some(tokens) => Some(self.verify(tokens, token)?),
             None => None,
         };
         Ok(Grant::new(self.lists.clone(), token))
+    }
+
+    /// A valid token's grant, unless it was revoked.
+    fn verify(&self, tokens: &Tokens, token: &str) -> Result<TokenGrant, ClientError> {
+        let grant = tokens.verify(token)?;
+        if let Some(jti) = &grant.jti
+            && self.revocations.is_revoked(jti)
+        {
+            return Err(ClientError::new(
+                ErrorCode::Unauthorized,
+                "the token has been revoked",
+            ));
+        }
+        Ok(grant)
     }
 
     fn check_origin(&self, headers: &HeaderMap) -> Result<(), ClientError> {
@@ -233,7 +283,7 @@ impl Tokens {
         let mut last = unauthorized("no key of this server verifies the token");
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return Ok(grant(data.claims)),
+                Ok(data) => return grant(data.claims),
                 Err(error) => {
                     last = match error.kind() {
                         ErrorKind::ExpiredSignature => {
@@ -260,13 +310,31 @@ impl Tokens {
     }
 }
 
-fn grant(claims: Claims) -> TokenGrant {
-    TokenGrant {
+fn grant(claims: Claims) -> Result<TokenGrant, ClientError> {
+    let info = match claims.info {
+        Some(info) if !info.get().starts_with('{') || info.get().len() > MAX_INFO_BYTES => {
+            return Err(ClientError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "the token's info claim must be a JSON object of at most {MAX_INFO_BYTES} bytes"
+                ),
+            ));
+        }
+        info => info.map(Arc::from),
+    };
+    Ok(TokenGrant {
         subject: claims.sub,
+        jti: claims.jti,
+        info,
         subscribe: Pattern::parse_all(&claims.subscribe),
         publish: Pattern::parse_all(&claims.publish),
         expires: UNIX_EPOCH + Duration::from_secs(claims.exp),
-    }
+    })
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The token of `Authorization: Bearer <token>`.

@@ -66,8 +66,12 @@ pub(crate) struct AllowLists {
 /// A token's permissions.
 #[derive(Debug, Clone)]
 pub(crate) struct TokenGrant {
-    /// `sub`, for logs.
+    /// `sub`: the user, for logs, presence and `pgpush.disconnect`.
     pub(crate) subject: Option<String>,
+    /// `jti`, for `pgpush.revoke_token`.
+    pub(crate) jti: Option<String>,
+    /// `info`, a JSON object shown with the client's presence.
+    pub(crate) info: Option<Arc<serde_json::value::RawValue>>,
     pub(crate) subscribe: Vec<Pattern>,
     pub(crate) publish: Vec<Pattern>,
     /// `exp`.
@@ -98,6 +102,16 @@ impl Grant {
     /// The token's subject, if any.
     pub(crate) fn subject(&self) -> Option<&str> {
         self.token.as_ref().and_then(|t| t.subject.as_deref())
+    }
+
+    /// The token's `jti`, if any.
+    pub(crate) fn jti(&self) -> Option<&str> {
+        self.token.as_ref().and_then(|t| t.jti.as_deref())
+    }
+
+    /// The token's `info` object, if any.
+    pub(crate) fn info(&self) -> Option<&Arc<serde_json::value::RawValue>> {
+        self.token.as_ref().and_then(|t| t.info.as_ref())
     }
 
     /// `forbidden` unless this client may do `action` on `channel`.
@@ -173,6 +187,8 @@ mod tests {
         });
         let token = token.map(|patterns| TokenGrant {
             subject: None,
+            jti: None,
+            info: None,
             subscribe: Pattern::parse_all(patterns),
             publish: Vec::new(),
             expires: SystemTime::now(),

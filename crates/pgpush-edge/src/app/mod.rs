@@ -22,12 +22,14 @@ use crate::{
     core::{
         durable::Durable,
         hub::{Hub, WAKE_CHANNEL},
+        presence::Presence,
         publishing::Publishing,
     },
     hippie::{Hippie, Registry},
     ops::{metrics, stats::Stats},
     services::{
         Lifetimes, Services,
+        control::Control,
         drain::{Drain, Heartbeat},
     },
     settings::NodeSettings,
@@ -158,7 +160,14 @@ pub async fn run(
     let stats = Arc::new(Stats::default());
     // Background tasks that end with the LISTEN connection, after clients are gone.
     let background = CancellationToken::new();
-    let (listener, listener_task) = Listener::new(options.listener(), &[WAKE_CHANNEL]);
+    let (listener, listener_task) = Listener::new(
+        options.listener(),
+        &[
+            WAKE_CHANNEL,
+            pgpush_pg::PRESENCE_CHANNEL,
+            pgpush_pg::CONTROL_CHANNEL,
+        ],
+    );
     let hub = Arc::new(Hub::new(Arc::new(listener), stats.clone(), &settings.hub));
     tokio::spawn(hub.clone().sweep_until(background.clone()));
     let listener_handle = tokio::spawn(listener_task.run(hub.clone(), background.clone()));
@@ -195,11 +204,24 @@ pub async fn run(
         None => (None, None),
     };
     tokio::spawn(admission.clone().reload_jwks_until(background.clone()));
+    let presence = Arc::new(Presence::new(Some(publisher.presence()), stats.clone()));
+    let presence_task = tokio::spawn(presence.clone().run(background.clone()));
+    let control = Arc::new(Control::new(
+        hub.clone(),
+        presence.clone(),
+        admission.revocations().clone(),
+        publisher.presence(),
+    ));
+    if let Some(signals) = hub.take_control() {
+        tokio::spawn(control.clone().run(signals, background.clone()));
+    }
     let connections = &settings.connections;
     let services = Arc::new(Services {
         hub: hub.clone(),
         durable: durable.clone(),
         publishing: Publishing::new(publisher, durable.clone()),
+        presence,
+        control,
         admission,
         limits: Limits::new(&settings.limits),
         stats,
@@ -260,6 +282,7 @@ pub async fn run(
         let _ = task.await;
     }
     let _ = durable_task.await;
+    let _ = presence_task.await;
     let _ = listener_handle.await;
     info!("pgpush stopped");
     Ok(())

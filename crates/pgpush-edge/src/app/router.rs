@@ -43,6 +43,7 @@ const ROUTES: &[&str] = &[
     "/v1/sse",
     "/v1/poll",
     "/v1/history",
+    "/v1/presence",
 ];
 
 /// Routes one request.
@@ -108,6 +109,16 @@ pub(crate) async fn route(
             Ok(grant) => transport::history::history(services, request, grant).await,
             Err(error) => Err(error),
         },
+        (&Method::GET, "/v1/presence") => match admit(&node, &request) {
+            Ok(grant) => transport::presence::presence(services, request, grant).await,
+            Err(error) => Err(error),
+        },
+        (&Method::POST, p) if transport::admin::ROUTES.contains(&p) => {
+            match services.admission.admit_operator(request.headers()) {
+                Ok(()) => transport::admin::command(services, request, p).await,
+                Err(error) => Err(error),
+            }
+        }
         (&Method::POST, p) if p.starts_with("/v1/publish/") => match admit(&node, &request) {
             Ok(grant) => {
                 let channel = &p["/v1/publish/".len()..];
@@ -115,7 +126,12 @@ pub(crate) async fn route(
             }
             Err(error) => Err(error),
         },
-        (_, p) if ROUTES.contains(&p) || extension.is_some() || p.starts_with("/v1/publish/") => {
+        (_, p)
+            if ROUTES.contains(&p)
+                || transport::admin::ROUTES.contains(&p)
+                || extension.is_some()
+                || p.starts_with("/v1/publish/") =>
+        {
             Err(ClientError::method_not_allowed(&method))
         }
         _ => Err(ClientError::new(

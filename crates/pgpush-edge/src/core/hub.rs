@@ -10,7 +10,9 @@ use std::{
 };
 
 use futures_util::future::{FutureExt, Shared};
-use pgpush_pg::{Continuation, History, ListenerState, NotificationSink};
+use pgpush_pg::{
+    CONTROL_CHANNEL, Continuation, History, ListenerState, NotificationSink, PRESENCE_CHANNEL,
+};
 use pgpush_protocol::{Channel, CursorPoint, Message, Payload};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     core::{
         listen::ListenSet,
+        presence,
         queue::{self, Inbox, Offer, Outbox},
     },
     ops::stats::Stats,
@@ -30,6 +33,19 @@ pub const WAKE_CHANNEL: &str = "pgpush_wake";
 /// Batch notifications held for the durable reader; beyond this a notification is dropped and
 /// the reader reads the gap from the table (at most 8 MiB: each is under 8,000 bytes).
 const NOTICE_QUEUE: usize = 1024;
+
+/// Control notifications held for the control task (each a command, rare).
+const CONTROL_QUEUE: usize = 256;
+
+/// What the control task hears from the LISTEN connection.
+#[derive(Debug)]
+pub enum ControlSignal {
+    /// A `pgpush_control` notification's payload.
+    Notice(String),
+    /// The LISTEN connection came up: notifications sent while it was down are lost, so stored
+    /// state (revocations) must be read again.
+    Connected,
+}
 
 /// Why a subscribe failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +74,10 @@ pub struct Hub {
     notices: mpsc::Sender<String>,
     /// Their receiving end, until the durable reader takes it.
     notices_out: Mutex<Option<mpsc::Receiver<String>>>,
+    /// Server-side control, to the control task.
+    control: mpsc::Sender<ControlSignal>,
+    /// Its receiving end, until the control task takes it.
+    control_out: Mutex<Option<mpsc::Receiver<ControlSignal>>>,
 }
 
 /// Everything fan-out and subscription change together, under one lock: registering a
@@ -195,6 +215,8 @@ impl RecentEvents {
 struct ChannelEntry {
     channel: Channel,
     subscribers: HashMap<u64, Arc<Outbox>>,
+    /// The subscribers that asked for the channel's joins and leaves.
+    watchers: HashSet<u64>,
     /// Completes once PostgreSQL confirmed `LISTEN` for this channel.
     listening: Shared<oneshot::Receiver<()>>,
     /// Since when the channel has had no subscriber (it is UNLISTENed after the delay).
@@ -207,6 +229,7 @@ impl Hub {
     pub fn new(listener: Arc<dyn ListenSet>, stats: Arc<Stats>, settings: &HubSettings) -> Hub {
         let recent = settings.recent;
         let (notices, notices_out) = mpsc::channel(NOTICE_QUEUE);
+        let (control, control_out) = mpsc::channel(CONTROL_QUEUE);
         Hub {
             state: Mutex::new(HubState {
                 channels: HashMap::new(),
@@ -227,7 +250,17 @@ impl Hub {
             wake: Arc::new(Notify::new()),
             notices,
             notices_out: Mutex::new(Some(notices_out)),
+            control,
+            control_out: Mutex::new(Some(control_out)),
         }
+    }
+
+    /// Server-side control as heard; the first caller gets it, later ones `None`.
+    pub fn take_control(&self) -> Option<mpsc::Receiver<ControlSignal>> {
+        self.control_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Notified when durable events may be waiting.
@@ -412,6 +445,7 @@ impl Hub {
                     .or_insert_with(|| ChannelEntry {
                         channel: channel.clone(),
                         subscribers: HashMap::new(),
+                        watchers: HashSet::new(),
                         listening: self.listener.listen(channel.as_str()).shared(),
                         idle_since: None,
                     });
@@ -480,6 +514,7 @@ impl Hub {
             let Some(entry) = state.channels.get_mut(channel) else {
                 continue;
             };
+            entry.watchers.remove(&id);
             if entry.subscribers.remove(&id).is_some() {
                 self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             }
@@ -544,6 +579,47 @@ impl Hub {
         true
     }
 
+    /// Subscriber `id` also receives the joins and leaves of those of `channels` it subscribes.
+    pub fn watch(&self, id: u64, channels: &[Channel]) {
+        let mut state = self.lock();
+        for channel in channels {
+            if let Some(entry) = state.channels.get_mut(channel)
+                && entry.subscribers.contains_key(&id)
+            {
+                entry.watchers.insert(id);
+            }
+        }
+    }
+
+    /// Whether subscriber `id` is subscribed to `channel` (the server may have unsubscribed it).
+    pub fn is_subscribed(&self, id: u64, channel: &Channel) -> bool {
+        self.lock()
+            .channels
+            .get(channel)
+            .is_some_and(|entry| entry.subscribers.contains_key(&id))
+    }
+
+    /// Hands a presence notification's joins and leaves to the channels' watchers.
+    fn fan_out_presence(&self, payload: &str) {
+        let signals = presence::signals(payload);
+        let state = self.lock();
+        for (channel, signal) in signals {
+            let Some(entry) = state.channels.get(channel.as_str()) else {
+                continue;
+            };
+            let signal = Arc::new(signal);
+            for outbox in entry
+                .watchers
+                .iter()
+                .filter_map(|id| entry.subscribers.get(id))
+            {
+                if outbox.offer(&signal) == Offer::Overflowed {
+                    self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     /// True while the LISTEN connection is up.
     pub fn listener_up(&self) -> bool {
         self.listener.is_up()
@@ -573,6 +649,20 @@ impl NotificationSink for Hub {
             }
             return;
         }
+        if channel == PRESENCE_CHANNEL {
+            self.fan_out_presence(payload);
+            return;
+        }
+        if channel == CONTROL_CHANNEL {
+            if self
+                .control
+                .try_send(ControlSignal::Notice(payload.to_owned()))
+                .is_err()
+            {
+                tracing::warn!("control queue full: a control notification was dropped");
+            }
+            return;
+        }
         self.stats.notifications_in.fetch_add(1, Ordering::Relaxed);
         // Classify the payload before taking the lock. A notification for a channel nobody
         // here subscribes to any more (it raced our UNLISTEN) is dropped by `fan_out`.
@@ -589,6 +679,7 @@ impl NotificationSink for Hub {
             if generation > 1 {
                 self.wake.notify_one();
             }
+            let _ = self.control.try_send(ControlSignal::Connected);
         }
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct Start {
     pub(crate) since: Option<String>,
     /// Without `since`: the last this many durable messages of each channel.
     pub(crate) history: Option<i64>,
+    /// Be present in the channels, and receive their joins and leaves.
+    pub(crate) presence: bool,
 }
 
 /// Subscribes `session` to `channels`, resuming after `start.since` when given, or else

@@ -1,4 +1,4 @@
-//! A connection's subscriptions, removed from the hub however the connection ends.
+//! A connection's subscriptions and presence, removed from the hub however the connection ends.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -6,16 +6,19 @@ use pgpush_protocol::{Channel, CursorPoint};
 
 use crate::core::{
     hub::{Hub, SubscribeError, Subscription},
+    presence::{Identity, Presence},
     queue::Outbox,
 };
 
-/// A connection's subscriptions; dropping it unsubscribes everything, so a connection that
-/// ends any way at all leaves no subscriber behind.
+/// A connection's subscriptions; dropping it unsubscribes everything and leaves every channel it
+/// was present in, so a connection that ends any way at all leaves nothing behind.
 #[derive(Debug)]
 pub struct Session {
     hub: Arc<Hub>,
     outbox: Arc<Outbox>,
     channels: HashSet<Channel>,
+    /// Where the connection is present, once it asked to be, and its id there.
+    presence: Option<(Arc<Presence>, Arc<str>)>,
 }
 
 impl Session {
@@ -30,6 +33,7 @@ impl Session {
             hub,
             outbox,
             channels: HashSet::new(),
+            presence: None,
         }
     }
 
@@ -40,6 +44,7 @@ impl Session {
         channels: &[Channel],
         since: Option<CursorPoint>,
     ) -> Result<Subscription, SubscribeError> {
+        self.forget_unsubscribed();
         let new: Vec<Channel> = channels
             .iter()
             .filter(|c| !self.channels.contains(*c))
@@ -50,12 +55,33 @@ impl Session {
         Ok(subscription)
     }
 
-    /// The channels subscribed.
-    pub fn channels(&self) -> impl Iterator<Item = &Channel> {
+    /// Makes the connection present in `channels` (subscribed already) as `identity`, and has it
+    /// receive their joins and leaves.
+    pub fn be_present(
+        &mut self,
+        presence: &Arc<Presence>,
+        identity: &Identity,
+        channels: &[Channel],
+    ) {
+        let (presence, client) = self
+            .presence
+            .get_or_insert_with(|| (presence.clone(), presence.client_id(self.outbox.id())));
+        self.hub.watch(self.outbox.id(), channels);
+        presence.join(client, identity, channels);
+    }
+
+    /// The connection's presence id, once it is present somewhere.
+    pub fn presence_id(&self) -> Option<&Arc<str>> {
+        self.presence.as_ref().map(|(_, id)| id)
+    }
+
+    /// The channels subscribed (without those the server unsubscribed).
+    pub fn channels(&mut self) -> impl Iterator<Item = &Channel> {
+        self.forget_unsubscribed();
         self.channels.iter()
     }
 
-    /// Unsubscribes from `channels`.
+    /// Unsubscribes from `channels`, and leaves them.
     pub fn unsubscribe(&mut self, channels: &[Channel]) {
         let removed: Vec<Channel> = channels
             .iter()
@@ -63,11 +89,23 @@ impl Session {
             .cloned()
             .collect();
         self.hub.unsubscribe(self.outbox.id(), &removed);
+        if let Some((presence, client)) = &self.presence {
+            presence.leave(client, &removed);
+        }
+    }
+
+    /// Drops the channels the server unsubscribed this connection from (`pgpush.unsubscribe`).
+    fn forget_unsubscribed(&mut self) {
+        let (hub, id) = (&self.hub, self.outbox.id());
+        self.channels.retain(|c| hub.is_subscribed(id, c));
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.hub.unsubscribe(self.outbox.id(), &self.channels);
+        if let Some((presence, client)) = &self.presence {
+            presence.leave_all(client);
+        }
     }
 }

@@ -106,7 +106,11 @@ impl StreamFormat for MxhrFormat {
                 ),
                 &self.boundary,
             )),
-            Ending::Draining | Ending::Superseded | Ending::TokenExpired => None,
+            Ending::Draining
+            | Ending::Superseded
+            | Ending::TokenExpired
+            | Ending::Disconnected
+            | Ending::Revoked => None,
         }
     }
 }

@@ -120,6 +120,24 @@ pub(crate) fn client_address(
     address
 }
 
+/// The request's body, at most `limit` bytes (`too_large` above).
+pub(crate) async fn read_body(
+    request: Request<hyper::body::Incoming>,
+    limit: usize,
+) -> Result<Bytes, ClientError> {
+    Ok(http_body_util::Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|error| {
+            if error.is::<http_body_util::LengthLimitError>() {
+                ClientError::new(ErrorCode::TooLarge, format!("body is over {limit} bytes"))
+            } else {
+                ClientError::new(ErrorCode::BadRequest, "could not read the request body")
+            }
+        })?
+        .to_bytes())
+}
+
 /// The query string's `name=value` pairs, URL-decoded. The router has checked that the query
 /// decodes ([`check_query`]), so nothing is lost or replaced here.
 pub(crate) fn query_pairs<B>(request: &Request<B>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
@@ -172,6 +190,18 @@ pub(crate) fn query_history(
     pairs: &[(Cow<'_, str>, Cow<'_, str>)],
 ) -> Result<Option<i64>, ClientError> {
     query_number(pairs, "history", 0..=MAX_HISTORY)
+}
+
+/// The `presence=1` parameter of a subscribe (`1`/`true` or `0`/`false`; absent: false).
+pub(crate) fn query_presence(pairs: &[(Cow<'_, str>, Cow<'_, str>)]) -> Result<bool, ClientError> {
+    match query_value(pairs, "presence").as_deref() {
+        None | Some("0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(_) => Err(ClientError::new(
+            ErrorCode::BadRequest,
+            "presence must be 1 or 0",
+        )),
+    }
 }
 
 /// Refuses a query string that does not URL-decode: `bad_channel` when it is a `channel`,

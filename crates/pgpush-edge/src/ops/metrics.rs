@@ -110,6 +110,7 @@ struct NodeGauges {
     durable_head: Option<i64>,
     durable_queries: u64,
     durable_standby_queries: u64,
+    presence_queries: u64,
     durable_epoch_changes: u64,
     durable_history_forks: u64,
     resets: [(&'static str, u64); 2],
@@ -144,6 +145,7 @@ impl NodeGauges {
             durable_head: state.durable_head,
             durable_queries: load(&stats.durable_queries),
             durable_standby_queries: load(&stats.durable_standby_queries),
+            presence_queries: load(&stats.presence_queries),
             durable_epoch_changes: load(&stats.durable_epoch_changes),
             durable_history_forks: load(&stats.durable_history_forks),
             resets: [
@@ -320,6 +322,12 @@ impl Collector for NodeGauges {
             "durable_standby_queries",
             "Catch-up and replay reads a hot standby answered instead of the primary",
             &counter(self.durable_standby_queries),
+        )?;
+        single(
+            e,
+            "presence_queries",
+            "Presence writes sent to PostgreSQL (batches of joins and leaves, heartbeats)",
+            &counter(self.presence_queries),
         )?;
         single(
             e,

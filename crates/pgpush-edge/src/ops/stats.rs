@@ -101,6 +101,8 @@ pub struct Stats {
     pub durable_queries: AtomicU64,
     /// Catch-up and replay reads a hot standby answered.
     pub durable_standby_queries: AtomicU64,
+    /// Presence writes sent to PostgreSQL (batches of joins and leaves, heartbeats).
+    pub presence_queries: AtomicU64,
     /// Times the database's durable history went on in a new epoch.
     pub durable_epoch_changes: AtomicU64,
     /// Epoch changes in which the database had lost events this node had delivered.
@@ -154,6 +156,7 @@ impl Stats {
             listener_generation: AtomicU64::new(0),
             durable_queries: AtomicU64::new(0),
             durable_standby_queries: AtomicU64::new(0),
+            presence_queries: AtomicU64::new(0),
             durable_epoch_changes: AtomicU64::new(0),
             durable_history_forks: AtomicU64::new(0),
             resets_expired: AtomicU64::new(0),
@@ -265,6 +268,7 @@ impl Stats {
             sequencer: false,
             durable_queries: self.durable_queries.load(Ordering::Relaxed),
             durable_standby_queries: self.durable_standby_queries.load(Ordering::Relaxed),
+            presence_queries: self.presence_queries.load(Ordering::Relaxed),
         }
     }
 }

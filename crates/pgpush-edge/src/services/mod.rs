@@ -1,6 +1,8 @@
-//! What handlers and transports are given: the node's built components, and what every client
-//! connection lives by (its drain slot, the shared heartbeats, the task tracker).
+//! What handlers and transports are given: the node's built components, what every client
+//! connection lives by (its drain slot, the shared heartbeats, the task tracker), and
+//! server-side control of the connections (`control`).
 
+pub(crate) mod control;
 pub(crate) mod drain;
 
 use std::sync::Arc;
@@ -9,10 +11,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     admission::{Admission, limits::Limits},
-    core::{durable::Durable, hub::Hub, publishing::Publishing},
+    core::{durable::Durable, hub::Hub, presence::Presence, publishing::Publishing},
     ops::stats::Stats,
     settings::ConnectionSettings,
 };
+use control::Control;
 use drain::{Drain, Heartbeat};
 
 /// The node's components, shared by every connection.
@@ -24,6 +27,10 @@ pub(crate) struct Services {
     pub(crate) durable: Arc<Durable>,
     /// Publishing, durable or ephemeral.
     pub(crate) publishing: Publishing,
+    /// Who is present where, in the cluster.
+    pub(crate) presence: Arc<Presence>,
+    /// Disconnect, unsubscribe and revoke on an operator's order.
+    pub(crate) control: Arc<Control>,
     /// Origins, tokens and allow-lists.
     pub(crate) admission: Arc<Admission>,
     /// Connection, subscription and publish limits.

@@ -9,7 +9,13 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{http::ConnInfo, services::Services};
+use crate::{
+    http::ConnInfo,
+    services::{
+        Services,
+        control::{Order, ServerEnd},
+    },
+};
 
 /// What ended a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +28,10 @@ pub(crate) enum Ending {
     Superseded,
     /// The client's token expired.
     TokenExpired,
+    /// The operator disconnected the client's user (`pgpush.disconnect`).
+    Disconnected,
+    /// The operator revoked the client's token (`pgpush.revoke_token`).
+    Revoked,
 }
 
 /// The signals that end one connection.
@@ -35,6 +45,8 @@ pub(crate) struct Ends {
     superseded: Option<CancellationToken>,
     /// When the client's token expires; a fresh token sent in-band moves it.
     expiry: Arc<Mutex<Option<tokio::time::Instant>>>,
+    /// An operator's order to end it, for a connection in server-side control.
+    order: Option<Arc<Order>>,
 }
 
 impl Ends {
@@ -46,7 +58,14 @@ impl Ends {
             kill: conn.kill.clone(),
             superseded: None,
             expiry: Arc::new(Mutex::new(expires.map(deadline))),
+            order: None,
         }
+    }
+
+    /// Also ends on the operator's `order`.
+    pub(crate) fn or_ordered(mut self, order: &Arc<Order>) -> Ends {
+        self.order = Some(order.clone());
+        self
     }
 
     /// Also ends when `superseded` is cancelled.
@@ -60,8 +79,8 @@ impl Ends {
         *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) = at.map(deadline);
     }
 
-    /// Completes when the first of them fires (drain first, then the cut, the takeover and the
-    /// expiry, when several have), with what fired.
+    /// Completes when the first of them fires (drain first, then the cut, the takeover, the
+    /// operator's order and the expiry, when several have), with what fired.
     pub(crate) async fn wait(&self) -> Ending {
         let superseded = async {
             match &self.superseded {
@@ -76,11 +95,21 @@ impl Ends {
                 None => std::future::pending().await,
             }
         };
+        let ordered = async {
+            match &self.order {
+                Some(order) => order.wait().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = self.drain.cancelled() => Ending::Draining,
             _ = self.kill.cancelled() => Ending::SlowConsumer,
             _ = superseded => Ending::Superseded,
+            why = ordered => match why {
+                ServerEnd::Disconnected => Ending::Disconnected,
+                ServerEnd::Revoked => Ending::Revoked,
+            },
             _ = expired => Ending::TokenExpired,
         }
     }
@@ -107,6 +136,7 @@ mod tests {
             kill: CancellationToken::new(),
             superseded: None,
             expiry: Arc::new(Mutex::new(expires.map(deadline))),
+            order: None,
         }
     }
 

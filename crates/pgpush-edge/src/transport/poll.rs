@@ -14,7 +14,10 @@ use crate::{
         session::Session,
     },
     error::ClientError,
-    http::{Body, ConnInfo, json, query_channels, query_history, query_pairs, query_value},
+    http::{
+        Body, ConnInfo, json, query_channels, query_history, query_pairs, query_presence,
+        query_value,
+    },
     ops::stats::Transport,
     services::Services,
     transport::ends::Ends,
@@ -59,6 +62,12 @@ pub(crate) async fn poll(
     };
     let cursor = value("cursor");
     let history = query_history(&pairs)?;
+    if query_presence(&pairs)? {
+        return Err(ClientError::new(
+            ErrorCode::BadRequest,
+            "presence needs a lasting connection (WebSocket or SSE); a poller reads GET /v1/presence",
+        ));
+    }
     // First poll: where to start from (a node that just started reads the head first), after
     // the channels' last `history` messages. Without durable channels (turned off, no schema
     // yet) there is no cursor: it is held like any poll.
@@ -81,6 +90,7 @@ pub(crate) async fn poll(
     let start = Start {
         since: cursor,
         history: None,
+        presence: false,
     };
     let subscription = replay::subscribe(durable, &mut session, &channels, &start).await?;
     let registered = durable.subscription_cursor(&subscription);

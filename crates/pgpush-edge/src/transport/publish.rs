@@ -3,14 +3,13 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use pgpush_protocol::{ErrorCode, PublishMode, publish_reply, url_decode};
 
 use crate::{
     admission::policy::{Action, Grant},
     error::ClientError,
-    http::{Body, ConnInfo, bad_channel_encoding, client_address, json, query_pairs},
+    http::{Body, ConnInfo, bad_channel_encoding, client_address, json, query_pairs, read_body},
     ops::{stats::PublishVia, telemetry},
     services::Services,
 };
@@ -83,17 +82,7 @@ async fn http_publish_in(
     };
     let traceparent = request_traceparent(request.headers());
     let limit = services.lifetimes.settings.max_message_bytes;
-    let body = Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|error| {
-            if error.is::<http_body_util::LengthLimitError>() {
-                ClientError::new(ErrorCode::TooLarge, format!("body is over {limit} bytes"))
-            } else {
-                ClientError::new(ErrorCode::BadRequest, "could not read the request body")
-            }
-        })?
-        .to_bytes();
+    let body = read_body(request, limit).await?;
     let payload = std::str::from_utf8(&body)
         .map_err(|_| ClientError::new(ErrorCode::BadPayload, "payload must be UTF-8 text"))?;
     let cursor = services

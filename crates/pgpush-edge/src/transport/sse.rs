@@ -17,10 +17,13 @@ use crate::{
         session::Session,
     },
     error::ClientError,
-    http::{Body, ConnInfo, query_channels, query_history, query_pairs, query_value},
+    http::{
+        Body, ConnInfo, query_channels, query_history, query_pairs, query_presence, query_value,
+    },
     ops::stats::Transport,
     services::Services,
     transport::{
+        be_present,
         ends::{Ending, Ends},
         stream_body::{StreamBody, StreamFormat},
     },
@@ -67,11 +70,17 @@ pub(crate) async fn open(
     let start = Start {
         since: cursor,
         history: query_history(&pairs)?,
+        presence: query_presence(&pairs)?,
     };
     let subscription = replay::subscribe(durable, &mut session, &channels, &start).await?;
+    let presence_id = match start.presence {
+        true => be_present(&services, &mut session, &grant, &channels),
+        false => None,
+    };
     let subscribed = ServerFrame::Subscribed {
         channels: &channels,
         cursor: durable.subscription_cursor(&subscription).as_deref(),
+        presence_id: presence_id.as_deref(),
     }
     .encode();
     let mut subscribed_event = Vec::new();
@@ -107,11 +116,12 @@ pub(crate) async fn open(
         ));
 
     let guard = services.stats.connection(Transport::Sse);
-    let ends = Ends::new(&services, &conn, grant.expires());
+    let control = services.control.register(session.outbox(), &grant);
+    let ends = Ends::new(&services, &conn, grant.expires()).or_ordered(control.order());
     let body = StreamBody::new(
         SseFormat,
         Box::new(inbox),
-        Box::new((session, guard)),
+        Box::new((session, guard, control)),
         services.stats.clone(),
         ends,
     )
@@ -179,6 +189,14 @@ impl StreamFormat for SseFormat {
             Ending::TokenExpired => Some(error_event(&ClientError::new(
                 ErrorCode::Unauthorized,
                 "token expired; reconnect with a fresh token",
+            ))),
+            Ending::Disconnected => Some(error_event(&ClientError::new(
+                ErrorCode::Disconnected,
+                "disconnected by the server; do not reconnect with this token",
+            ))),
+            Ending::Revoked => Some(error_event(&ClientError::new(
+                ErrorCode::Unauthorized,
+                "the token has been revoked",
             ))),
             Ending::Superseded => None,
         }

@@ -54,6 +54,11 @@ pub(crate) enum End {
 
 /// Close code for a connection whose token expired: reconnect with a fresh token.
 pub(crate) const TOKEN_EXPIRED: u16 = 4001;
+/// Close code for a connection whose user the operator disconnected: do not reconnect with the
+/// same token.
+pub(crate) const DISCONNECTED: u16 = 4002;
+/// Close code for a connection whose token the operator revoked: it is refused everywhere.
+pub(crate) const REVOKED: u16 = 4003;
 
 impl From<Ending> for End {
     /// The close frame that tells the client why, and how to come back.
@@ -75,6 +80,11 @@ impl From<Ending> for End {
                 CloseCode::from(TOKEN_EXPIRED),
                 "token expired; reconnect with a fresh token",
             ),
+            Ending::Disconnected => End::Close(
+                CloseCode::from(DISCONNECTED),
+                "disconnected by the server; do not reconnect with this token",
+            ),
+            Ending::Revoked => End::Close(CloseCode::from(REVOKED), "token revoked"),
         }
     }
 }

@@ -24,11 +24,13 @@ use crate::{
     },
     error::ClientError,
     http::{
-        Body, ConnInfo, client_address, query_channels, query_history, query_pairs, query_value,
+        Body, ConnInfo, client_address, query_channels, query_history, query_pairs, query_presence,
+        query_value,
     },
     ops::stats::{PublishVia, Transport},
-    services::Services,
+    services::{Services, control::Registration},
     transport::{
+        be_present,
         ends::Ends,
         websocket::{self, Beats, End, WsIo, WsProtocol},
     },
@@ -57,6 +59,7 @@ pub(crate) fn upgrade(
     let start = Start {
         since,
         history: query_history(&pairs)?,
+        presence: query_presence(&pairs)?,
     };
     drop(pairs);
     let task_services = services.clone();
@@ -86,9 +89,11 @@ async fn run(
 ) {
     let _guard = services.stats.connection(Transport::WebSocket);
     let (outbox, mut inbox) = services.hub.outbox(Some(conn.kill.clone()));
-    let ends = Ends::new(&services, &conn, client.grant.expires());
+    let control = services.control.register(&outbox, &client.grant);
+    let ends = Ends::new(&services, &conn, client.grant.expires()).or_ordered(control.order());
     let mut protocol = Native {
         session: Session::new(services.hub.clone(), outbox),
+        control,
         publishes: services.limits.connection_publishes(),
         services: services.clone(),
         client,
@@ -124,6 +129,8 @@ async fn run(
 struct Native {
     services: Arc<Services>,
     session: Session,
+    /// Its place in server-side control (disconnect, unsubscribe, revoke).
+    control: Registration,
     client: Client,
     /// This connection's publish rate.
     publishes: Bucket,
@@ -149,8 +156,13 @@ impl WsProtocol for Native {
                 channels,
                 since,
                 history,
+                presence,
             } => {
-                let start = Start { since, history };
+                let start = Start {
+                    since,
+                    history,
+                    presence,
+                };
                 self.subscribe(io, channels, start, reference, ends).await
             }
             ClientFrame::Unsubscribe { channels } => {
@@ -241,6 +253,7 @@ impl Native {
         for channel in self.session.channels() {
             grant.check(Action::Subscribe, channel)?;
         }
+        self.control.update(&grant);
         self.client.grant = grant;
         Ok(())
     }
@@ -263,16 +276,14 @@ impl Native {
         reference: Option<&str>,
         ends: &Ends,
     ) -> Result<(), End> {
+        let subscribed: Vec<Channel> = self.session.channels().cloned().collect();
         let allowed = channels
             .iter()
             .try_for_each(|c| self.client.grant.check(Action::Subscribe, c))
             .and_then(|()| {
                 self.services.limits.check_subscriptions(
-                    self.session.channels().count(),
-                    channels
-                        .iter()
-                        .filter(|c| !self.session.channels().any(|s| s == *c))
-                        .count(),
+                    subscribed.len(),
+                    channels.iter().filter(|c| !subscribed.contains(c)).count(),
                 )
             });
         if let Err(error) = allowed {
@@ -287,6 +298,15 @@ impl Native {
                 }
             };
         let cursor = durable.subscription_cursor(&subscription);
+        let presence_id = match start.presence {
+            true => be_present(
+                &self.services,
+                &mut self.session,
+                &self.client.grant,
+                &channels,
+            ),
+            false => None,
+        };
         let batches = replay::batches(durable.clone(), channels.clone(), subscription.replay);
         let mut batches = std::pin::pin!(batches);
         while let Some(batch) = batches.next().await {
@@ -318,6 +338,7 @@ impl Native {
         let subscribed = ServerFrame::Subscribed {
             channels: &channels,
             cursor: cursor.as_deref(),
+            presence_id: presence_id.as_deref(),
         };
         io.send_text(subscribed.encode(), ends).await
     }
