@@ -47,6 +47,28 @@ export interface PgPushOptions {
    *  client reconnects with a fresh token when the old one runs out. Sent as `?token=` on
    *  WebSocket, SSE and polls, as `Authorization: Bearer` on HTTP publishes. */
   token?: string | (() => string | Promise<string>);
+  /** Start each channel with its last `history` durable messages (at most 1000), then live,
+   *  when there is no cursor yet; with a cursor the client resumes after it instead. */
+  history?: number | null;
+  /** Be present in the channels (identified by the token's `sub` and `info`) and receive their
+   *  `join` and `leave` events. WebSocket and SSE only: over polling the client is not present. */
+  presence?: boolean;
+}
+
+/** A connection present in a channel. */
+export interface PresentClient {
+  /** The connection's id, unique in the cluster. */
+  id: string;
+  /** Its token's `sub`, or null. */
+  user: string | null;
+  /** Its token's `info` object, or null. */
+  info: { [key: string]: Json } | null;
+}
+
+/** A connection joined or left a channel. */
+export interface PresenceChange {
+  channel: string;
+  client: PresentClient;
 }
 
 /**
@@ -63,9 +85,17 @@ export interface PgPushMessage<T = unknown> {
 
 export interface PgPushEvents<T = unknown> {
   message: PgPushMessage<T>;
+  /** A connection became present in a channel (this client's own join included). */
+  join: PresenceChange;
+  /** A connection left a channel (disconnected, unsubscribed, or its node died: within 10 s). */
+  leave: PresenceChange;
+  /** The server unsubscribed this client's user from `channels` (`pgpush.unsubscribe`). */
+  unsubscribed: { channels: string[] };
   /** The subscription is live on `transport`. */
   connected: { transport: Transport };
-  /** The live connection ended; the client reconnects in `retryInMs`. */
+  /** The live connection ended; the client reconnects in `retryInMs`. After code 4002 (the
+   *  server disconnected the user) or 4003 (the token was revoked) it reconnects only if the
+   *  token function gives a different token; otherwise it closes with an `error` `disconnected`. */
   disconnected: { transport: Transport; code: number; reason: string; retryInMs: number };
   /**
    * Reload your state: the events after your cursor are gone. `reason` is `cursor expired`
@@ -100,6 +130,8 @@ export class PgPush<T = unknown> {
   cursor: string | null;
   /** The subscribed channels. */
   readonly channels: ReadonlySet<string>;
+  /** This connection's id in its channels' presence, once subscribed with `presence`. */
+  readonly presenceId: string | null;
   readonly url: URL;
   on<E extends keyof PgPushEvents<T>>(
     event: E,
@@ -117,4 +149,12 @@ export class PgPush<T = unknown> {
     data: D & JsonCompatible<D>,
     options?: { mode?: 'durable' | 'ephemeral' },
   ): Promise<{ cursor?: string }>;
+  /** The last `limit` (default 50, at most 1000) durable messages of `channel` before the cursor
+   *  `before` (default: the newest), oldest first; `cursor` is where to go on live from. */
+  history(
+    channel: string,
+    options?: { limit?: number; before?: string },
+  ): Promise<{ messages: PgPushMessage<T>[]; cursor: string | null }>;
+  /** Who is present in `channel`, on every node of the cluster. */
+  presence(channel: string): Promise<{ channel: string; count: number; clients: PresentClient[] }>;
 }

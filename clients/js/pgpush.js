@@ -4,12 +4,17 @@
 //   const client = new PgPush({ channels: ['chat'] });
 //   client.on('message', (m) => console.log(m.channel, m.data, m.cursor));
 //   await client.publish('chat', { text: 'hello' });
+//   const { messages } = await client.history('chat', { limit: 50 });
+//   const { clients } = await client.presence('chat');
 //
 // WebSocket first; a transport that cannot connect is given up for Server-Sent Events, then long
 // polling. Every reconnect resumes after the last durable message's cursor, so a dropped
 // connection or a lost node never loses or repeats a durable message.
 
 const ALL_TRANSPORTS = ['websocket', 'sse', 'poll'];
+// Close codes after which the same token is not used again: the server disconnected its user
+// (4002) or revoked it (4003).
+const REFUSED_TOKEN_CLOSES = new Set([4002, 4003]);
 
 /** A refusal from the server (`code` as in docs/protocol.md) or a local failure. */
 export class PgPushError extends Error {
@@ -37,6 +42,13 @@ export class PgPush {
     this.connectTimeoutMs = options.connectTimeoutMs ?? 5000;
     this.pollWaitSeconds = options.pollWaitSeconds ?? 25;
     this.publishTimeoutMs = options.publishTimeoutMs ?? 10000;
+    // The last n durable messages of each channel before live ones, when there is no cursor yet.
+    this._history = options.history ?? null;
+    // Be present in the channels and receive their `join` and `leave` events (WebSocket, SSE).
+    this._presence = options.presence === true;
+    /** This connection's id in the channels' presence (set once subscribed with presence). */
+    this.presenceId = null;
+    this._refusedToken = null;
     // A token string, or a function giving one (called before every connection attempt, so a
     // connection closed because its token expired comes back with a fresh one).
     this._tokenSource = options.token ?? null;
@@ -58,8 +70,8 @@ export class PgPush {
     if (options.autoConnect !== false) this.connect();
   }
 
-  /** Calls `handler(detail)` on `message`, `connected`, `disconnected`, `reset` or `error`;
-   *  returns a function that removes it. */
+  /** Calls `handler(detail)` on `message`, `join`, `leave`, `unsubscribed`, `connected`,
+   *  `disconnected`, `reset` or `error`; returns a function that removes it. */
   on(event, handler) {
     if (!this._handlers.has(event)) this._handlers.set(event, new Set());
     this._handlers.get(event).add(handler);
@@ -115,6 +127,35 @@ export class PgPush {
       });
     }
     return this._postPublish(channel, data, mode);
+  }
+
+  /** The last `limit` (default 50) durable messages of `channel` before the cursor `before`,
+   *  oldest first: `{messages, cursor}`, `cursor` being where live delivery would go on. */
+  async history(channel, options = {}) {
+    const query = { channel, limit: options.limit ?? 50 };
+    if (options.before) query.before = options.before;
+    const body = await this._get('/v1/history', query);
+    const messages = body.messages.map((m) => ({ channel: m.channel, data: m.data, cursor: m.cursor }));
+    return { messages, cursor: body.cursor ?? null };
+  }
+
+  /** Who is present in `channel`, on every node: `{channel, count, clients: [{id, user, info}]}`. */
+  presence(channel) {
+    return this._get('/v1/presence', { channel });
+  }
+
+  async _get(path, query) {
+    const url = new URL(path, this.url);
+    for (const [key, value] of Object.entries(query)) url.searchParams.set(key, value);
+    const headers = {};
+    const token = await this._freshToken();
+    if (token) headers.authorization = `Bearer ${token}`;
+    const response = await fetch(url, { headers, cache: 'no-store' });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      throw new PgPushError(body.error ?? 'http', body.reason ?? response.statusText, response.status);
+    }
+    return body;
   }
 
   async _postPublish(channel, data, mode) {
@@ -203,6 +244,12 @@ export class PgPush {
   }
 
   _openWithToken(skipped) {
+    if (this._refusedToken && this._token === this._refusedToken) {
+      this.state = 'closed';
+      this._emit('error', new PgPushError('disconnected', 'the server refused this token; give the client a new one'));
+      return;
+    }
+    this._refusedToken = null;
     const name = this.transports[this._transportIndex];
     const open = OPENERS[name];
     if (!open.supported()) {
@@ -245,6 +292,7 @@ export class PgPush {
         if (cursor) this.cursor = cursor;
         this._emit('reset', { reason });
       },
+      signal: (event, detail) => current() && this._emit(event, detail),
       error: (error) => current() && this._emit('error', error),
       closed: (code, reason) => {
         clearTimeout(connectTimer);
@@ -259,6 +307,8 @@ export class PgPush {
   _lost(attempt, code, reason) {
     const { name, ready: wasReady } = attempt;
     this._attempt = null;
+    // Disconnected or revoked: never again with this token (a token function may give another).
+    if (REFUSED_TOKEN_CLOSES.has(code)) this._refusedToken = this._token;
     if (!this._connection) this._connection = attempt.connection;
     this._drop(new PgPushError('disconnected', 'the connection was lost'));
     if (this.state === 'closed') return;
@@ -281,11 +331,14 @@ export class PgPush {
     this._transportIndex = (this._transportIndex + 1) % this.transports.length;
   }
 
-  // `path` on the server with the channels and, when set, `cursorParam=<cursor>`.
-  _endpoint(path, cursorParam, extra = {}) {
+  // `path` on the server with the channels and, when set, `cursorParam=<cursor>` (else
+  // `history=<n>`) and `presence=1`.
+  _endpoint(path, cursorParam, extra = {}, presence = this._presence) {
     const url = new URL(path, this.url);
     for (const channel of this.channels) url.searchParams.append('channel', channel);
     if (this.cursor) url.searchParams.set(cursorParam, this.cursor);
+    else if (this._history) url.searchParams.set('history', this._history);
+    if (presence) url.searchParams.set('presence', '1');
     // Browsers cannot set headers on WebSocket or EventSource: the token goes in the query.
     if (this._token) url.searchParams.set('token', this._token);
     for (const [key, value] of Object.entries(extra)) url.searchParams.set(key, value);
@@ -313,7 +366,7 @@ function openWebSocket(client, on) {
     // Channels added or removed while the socket was opening.
     const added = [...client.channels].filter((c) => !inUrl.has(c));
     const removed = [...inUrl].filter((c) => !client.channels.has(c));
-    if (added.length) send({ op: 'subscribe', channels: added });
+    if (added.length) subscribe(added);
     if (removed.length) send({ op: 'unsubscribe', channels: removed });
     if (client.channels.size === 0) on.ready();
   };
@@ -331,7 +384,19 @@ function openWebSocket(client, on) {
         break;
       case 'subscribed':
         if (frame.cursor) client.cursor = frame.cursor;
+        if (frame.presence_id) client.presenceId = frame.presence_id;
         on.ready();
+        break;
+      case 'join':
+      case 'leave':
+        on.signal(frame.type, { channel: frame.channel, client: frame.client });
+        break;
+      case 'unsubscribed':
+        // The server unsubscribed this user (pgpush.unsubscribe): the channels are gone here too.
+        if (frame.by === 'server') {
+          frame.channels.forEach((c) => client.channels.delete(c));
+          on.signal('unsubscribed', { channels: frame.channels });
+        }
         break;
       case 'reset':
         on.reset(frame.reason, frame.cursor);
@@ -350,10 +415,16 @@ function openWebSocket(client, on) {
   };
   socket.onclose = (event) => on.closed(event.code, event.reason);
   const send = (frame) => socket.readyState === WebSocket.OPEN && socket.send(JSON.stringify(frame));
+  const subscribe = (channels) => {
+    const frame = { op: 'subscribe', channels };
+    if (client._history) frame.history = client._history;
+    if (client._presence) frame.presence = true;
+    send(frame);
+  };
   return {
     name: 'websocket',
     send,
-    subscribe: (channels) => send({ op: 'subscribe', channels }),
+    subscribe,
     unsubscribe: (channels) => send({ op: 'unsubscribe', channels }),
     close: () => {
       socket.onclose = null;
@@ -379,7 +450,19 @@ function openEventSource(client, on) {
     source.addEventListener('subscribed', (event) => {
       const frame = JSON.parse(event.data);
       if (frame.cursor) client.cursor = frame.cursor;
+      if (frame.presence_id) client.presenceId = frame.presence_id;
       on.ready();
+    });
+    for (const type of ['join', 'leave']) {
+      source.addEventListener(type, (event) => {
+        const frame = JSON.parse(event.data);
+        on.signal(type, { channel: frame.channel, client: frame.client });
+      });
+    }
+    source.addEventListener('unsubscribed', (event) => {
+      const frame = JSON.parse(event.data);
+      frame.channels.forEach((c) => client.channels.delete(c));
+      on.signal('unsubscribed', { channels: frame.channels });
     });
     source.addEventListener('message', (event) => {
       const frame = JSON.parse(event.data);
@@ -397,6 +480,11 @@ function openEventSource(client, on) {
       if (event.data) {
         const frame = JSON.parse(event.data);
         on.error(new PgPushError(frame.code, frame.reason));
+        // Disconnected by the server: end as a WebSocket would (4002), not as a lost stream.
+        if (frame.code === 'disconnected') {
+          source.close();
+          on.closed(4002, frame.reason);
+        }
         return;
       }
       // We reconnect ourselves, with our cursor and backoff, not the browser's.
@@ -431,7 +519,8 @@ function openPoll(client, on) {
         continue;
       }
       // The first poll answers at once (the current cursor, or what was missed); later ones wait.
-      const url = client._endpoint('/v1/poll', 'cursor', { wait: ready ? client.pollWaitSeconds : 0 });
+      // A poll cannot be present (it is no lasting connection): presence goes unasked.
+      const url = client._endpoint('/v1/poll', 'cursor', { wait: ready ? client.pollWaitSeconds : 0 }, false);
       controller = new AbortController();
       let response;
       let body;

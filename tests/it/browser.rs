@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use pgpush_tests::{
-    Browser, Edge, EdgeOptions, Nginx, Page, TestPostgres, browser::screenshot_path,
-    edge::pgpush_binary, http, wait_until,
+    Browser, Edge, EdgeOptions, Nginx, Page, TestPostgres, WsClient, browser::screenshot_path,
+    edge::pgpush_binary, http, tokens, wait_until,
 };
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -740,4 +740,196 @@ async fn a_restore_from_a_backup_resets_the_pages_and_every_cursor_past_it() {
     assert_eq!(reset["type"], "reset", "{reset}");
     assert_eq!(reset["reason"], "history changed");
     assert!(edge.log().contains("PostgreSQL lost durable events"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_shows_the_last_50_messages_and_who_is_in_the_room_live() {
+    let postgres = TestPostgres::start();
+    let edge = Edge::start(&postgres.url()).await;
+    let db = postgres.client().await;
+    db.execute(
+        "SELECT pgpush.publish('chat', json_build_object('type', 'chat', 'nick', 'early',
+                                                         'text', 'm' || i)::text)
+         FROM generate_series(1, 60) i",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_until(SOON, "the 60 messages positioned", || async {
+        http::get(edge.address(), "/v1/history?channel=chat&limit=100")
+            .await
+            .json()["messages"]
+            .as_array()
+            .is_some_and(|m| m.len() == 60)
+    })
+    .await;
+    let mut browser = Browser::start().await;
+    let url = format!("http://{}/demo/chat", edge.address());
+    let alice = browser.new_page(None).await;
+    browser.goto(&alice, &url).await;
+    browser.wait_for(&alice, CONNECTED, SOON).await;
+    // The last 50, oldest first, then live.
+    let texts = "[...document.querySelectorAll('#messages .text')].map((e) => e.textContent)";
+    browser
+        .wait_for(&alice, &format!("{texts}.length === 50"), SOON)
+        .await;
+    let expected: Vec<String> = (11..=60).map(|i| format!("m{i}")).collect();
+    assert_eq!(browser.eval(&alice, texts).await, json!(expected));
+    db.execute(
+        "SELECT pgpush.publish('chat', '{\"type\":\"chat\",\"nick\":\"late\",\"text\":\"m61\"}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    browser
+        .wait_for(&alice, &chat_line_shown("m61"), SOON)
+        .await;
+    assert_eq!(browser.eval(&alice, &format!("{texts}.length")).await, 51);
+
+    // Who is in the room: alice herself, then bob's page and a WebSocket client join and leave.
+    let count = "Number(document.querySelector('#count').textContent)";
+    browser
+        .wait_for(&alice, &format!("{count} === 1"), SOON)
+        .await;
+    assert_eq!(
+        browser
+            .eval(&alice, "document.querySelector('#present li.me') !== null")
+            .await,
+        true
+    );
+    let bob = browser.new_page(None).await;
+    browser.goto(&bob, &url).await;
+    browser.wait_for(&bob, CONNECTED, SOON).await;
+    browser
+        .wait_for(&bob, &format!("{count} === 2"), SOON)
+        .await;
+    browser
+        .wait_for(&alice, &format!("{count} === 2"), SOON)
+        .await;
+    let mut socket = WsClient::connect(&edge.ws_url("/v1/ws")).await;
+    socket
+        .send_json(json!({"op": "subscribe", "channels": ["chat"], "presence": true}))
+        .await;
+    let id = socket.next_json(SOON).await["presence_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let listed = format!(
+        "[...document.querySelectorAll('#present li')].some((e) => e.title === {})",
+        json!(id)
+    );
+    browser.wait_for(&alice, &listed, SOON).await;
+    drop(socket);
+    browser.wait_for(&alice, &format!("!{listed}"), SOON).await;
+    browser.close(&bob).await;
+    browser
+        .wait_for(&alice, &format!("{count} === 1"), SOON)
+        .await;
+    browser
+        .screenshot(&alice, &screenshot_path("chat.png"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pgpush_js_never_reconnects_with_a_token_the_server_disconnected() {
+    const SECRET: &str = "a browser test secret long enough for HS256";
+    let postgres = TestPostgres::start();
+    let edge = Edge::start_with(
+        &postgres.url(),
+        EdgeOptions::args(&["--jwt-secret", SECRET]),
+    )
+    .await;
+    let token = |jti: &str| {
+        tokens::hs256(
+            SECRET,
+            json!({"sub": "alice", "jti": jti, "exp": tokens::now() + 3600,
+                   "subscribe": ["room"], "info": {"name": "Alice"}}),
+        )
+    };
+    let mut browser = Browser::start().await;
+    let page = browser.new_page(None).await;
+    browser
+        .goto(&page, &format!("http://{}/", edge.address()))
+        .await;
+    browser
+        .eval(
+            &page,
+            &format!(
+                "(async () => {{
+                    const {{ PgPush }} = await import('/pgpush.js');
+                    window.errors = [];
+                    window.joins = [];
+                    // A fixed token, and a token function that gives a new one each time.
+                    window.fixed = new PgPush({{ channels: ['room'], token: {fixed}, presence: true }});
+                    fixed.on('error', (e) => errors.push(e.code));
+                    fixed.on('join', (e) => joins.push(e.client));
+                    window.fixedConnects = 0;
+                    fixed.on('connected', () => fixedConnects++);
+                    const fresh = [{first}, {second}];
+                    window.renewing = new PgPush({{ channels: ['room'], token: () => fresh.shift() ?? {second} }});
+                    window.renewals = 0;
+                    renewing.on('connected', () => renewals++);
+                    return true;
+                }})()",
+                fixed = json!(token("fixed")),
+                first = json!(token("renewing-1")),
+                second = json!(token("renewing-2")),
+            ),
+        )
+        .await;
+    browser
+        .wait_for(
+            &page,
+            "fixed.state === 'connected' && renewing.state === 'connected'",
+            SOON,
+        )
+        .await;
+    // Its own join, with the token's user and info; the cluster's list over HTTP.
+    browser
+        .wait_for(&page, "joins.some((c) => c.id === fixed.presenceId && c.user === 'alice' && c.info.name === 'Alice')", SOON)
+        .await;
+    let listed = browser
+        .eval(
+            &page,
+            "fixed.presence('room').then((p) => p.clients.map((c) => c.id))",
+        )
+        .await;
+    assert_eq!(
+        listed,
+        json!([browser.eval(&page, "fixed.presenceId").await])
+    );
+
+    postgres
+        .client()
+        .await
+        .execute("SELECT pgpush.disconnect('alice')", &[])
+        .await
+        .unwrap();
+    // The fixed token is not used again; the token function's new one is.
+    browser
+        .wait_for(
+            &page,
+            "fixed.state === 'closed' && errors.includes('disconnected')",
+            SOON,
+        )
+        .await;
+    browser
+        .wait_for(
+            &page,
+            "renewing.state === 'connected' && renewals === 2",
+            SOON,
+        )
+        .await;
+    // Given time to retry, the fixed-token client stays closed, and it left the room.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        browser.eval(&page, "[fixed.state, fixedConnects]").await,
+        json!(["closed", 1])
+    );
+    assert_eq!(
+        browser
+            .eval(&page, "renewing.presence('room').then((p) => p.count)")
+            .await,
+        0
+    );
 }
