@@ -115,6 +115,10 @@ pub(crate) struct RunArgs {
     /// Do not publish: hold the connections idle for `--hold`, then measure memory.
     #[arg(long)]
     idle: bool,
+    /// Subscribe with presence (`presence=1`, WebSocket and SSE): every subscriber is present in
+    /// its channel and receives the channel's joins and leaves.
+    #[arg(long)]
+    presence: bool,
     /// How long `--idle` holds.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     hold: Duration,

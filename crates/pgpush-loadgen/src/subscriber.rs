@@ -33,6 +33,8 @@ pub(crate) struct Spec {
     pub(crate) target: SocketAddr,
     pub(crate) source: IpAddr,
     pub(crate) channel: String,
+    /// Ask to be present in the channel.
+    pub(crate) presence: bool,
 }
 
 /// What a subscriber ends with.
@@ -154,11 +156,14 @@ async fn get(
 
 async fn connect(spec: &Spec) -> anyhow::Result<Source> {
     let channel = &spec.channel;
+    let presence = if spec.presence { "&presence=1" } else { "" };
     match spec.transport {
         Transport::WebSocket => {
             let path = match spec.server {
                 ServerKind::Nchan => format!("/sub/{channel}"),
-                ServerKind::Pgpush | ServerKind::Thin => format!("/v1/ws?channel={channel}"),
+                ServerKind::Pgpush | ServerKind::Thin => {
+                    format!("/v1/ws?channel={channel}{presence}")
+                }
             };
             let config = WebSocketConfig::default()
                 .read_buffer_size(16 * 1024)
@@ -177,7 +182,7 @@ async fn connect(spec: &Spec) -> anyhow::Result<Source> {
             let response = get(
                 &mut sender,
                 spec.target,
-                &format!("/v1/sse?channel={channel}"),
+                &format!("/v1/sse?channel={channel}{presence}"),
             )
             .await?;
             Ok(Source::Stream {

@@ -83,6 +83,7 @@ async fn start_group(plan: &Plan, args: &RunArgs, indices: Vec<usize>) -> anyhow
                 1 + (index % args.source_addresses.max(1) as usize) as u8,
             )),
             channel: plan.channel(index),
+            presence: args.presence,
         };
         let (ready_tx, ready_rx) = oneshot::channel();
         readies.push((spec, ready_tx, ready_rx));

@@ -261,3 +261,43 @@ async fn batch_notifications_go_to_the_reader_in_order_and_anything_else_wakes_i
         .await
         .expect("a dropped batch wakes it");
 }
+
+#[tokio::test]
+async fn joins_and_leaves_reach_the_watchers_only_and_a_session_leaves_what_it_joined() {
+    use crate::core::presence::{Identity, Presence};
+    use pgpush_pg::NotificationSink;
+
+    let (hub, _) = hub_with(16, 16);
+    let presence = Arc::new(Presence::new(None, Arc::new(Stats::default())));
+    let room = channel("room");
+    let (watcher_outbox, mut watcher) = hub.outbox(None);
+    let (quiet_outbox, mut quiet) = hub.outbox(None);
+    let mut watching = Session::new(hub.clone(), watcher_outbox);
+    let mut listening = Session::new(hub.clone(), quiet_outbox);
+    for session in [&mut watching, &mut listening] {
+        session
+            .subscribe(std::slice::from_ref(&room), None)
+            .await
+            .unwrap();
+    }
+    watching.be_present(&presence, &Identity::default(), std::slice::from_ref(&room));
+    let id = watching.presence_id().unwrap().to_string();
+    assert!(id.ends_with(&format!(".{}", watching.outbox().id())), "{id}");
+
+    let change = format!(
+        r#"{{"changes":[{{"type":"join","channel":"room","client":{{"id":"{id}","user":null,"info":null}}}},{{"type":"leave","channel":"elsewhere","client":{{"id":"x"}}}}]}}"#
+    );
+    hub.notification(pgpush_pg::PRESENCE_CHANNEL, &change, 1);
+    let got = queued(&mut watcher);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].websocket_text().starts_with(br#"{"type":"join","channel":"room""#));
+    assert!(queued(&mut quiet).is_empty(), "no presence asked, no joins");
+
+    // The server unsubscribed the watcher: it no longer watches, and its session forgets it.
+    hub.unsubscribe(watching.outbox().id(), [&room]);
+    hub.notification(pgpush_pg::PRESENCE_CHANNEL, &change, 1);
+    assert!(queued(&mut watcher).is_empty());
+    assert_eq!(watching.channels().count(), 0);
+    drop(watching);
+    drop(listening);
+}
