@@ -332,10 +332,10 @@ mod tests {
         presence.leave(&client, [&a]);
         let pending = presence.lock().pending.clone();
         assert_eq!(pending.len(), 2);
-        assert_eq!(pending[&(a.clone(), client.clone())], false);
-        assert_eq!(pending[&(b.clone(), client.clone())], true);
+        assert!(!pending[&(a.clone(), client.clone())], "left");
+        assert!(pending[&(b.clone(), client.clone())], "joined");
         presence.leave_all(&client);
         assert!(presence.lock().members.is_empty());
-        assert_eq!(presence.lock().pending[&(b, client)], false);
+        assert!(!presence.lock().pending[&(b, client)], "left");
     }
 }

@@ -282,7 +282,10 @@ async fn joins_and_leaves_reach_the_watchers_only_and_a_session_leaves_what_it_j
     }
     watching.be_present(&presence, &Identity::default(), std::slice::from_ref(&room));
     let id = watching.presence_id().unwrap().to_string();
-    assert!(id.ends_with(&format!(".{}", watching.outbox().id())), "{id}");
+    assert!(
+        id.ends_with(&format!(".{}", watching.outbox().id())),
+        "{id}"
+    );
 
     let change = format!(
         r#"{{"changes":[{{"type":"join","channel":"room","client":{{"id":"{id}","user":null,"info":null}}}},{{"type":"leave","channel":"elsewhere","client":{{"id":"x"}}}}]}}"#
@@ -290,7 +293,11 @@ async fn joins_and_leaves_reach_the_watchers_only_and_a_session_leaves_what_it_j
     hub.notification(pgpush_pg::PRESENCE_CHANNEL, &change, 1);
     let got = queued(&mut watcher);
     assert_eq!(got.len(), 1);
-    assert!(got[0].websocket_text().starts_with(br#"{"type":"join","channel":"room""#));
+    assert!(
+        got[0]
+            .websocket_text()
+            .starts_with(br#"{"type":"join","channel":"room""#)
+    );
     assert!(queued(&mut quiet).is_empty(), "no presence asked, no joins");
 
     // The server unsubscribed the watcher: it no longer watches, and its session forgets it.

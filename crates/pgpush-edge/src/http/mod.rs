@@ -243,6 +243,21 @@ pub(crate) fn query_channels(
     Ok(channels)
 }
 
+/// The one `channel` a route about a single channel takes (subscribe permission checked);
+/// `bad_request` showing `usage` for none or several.
+pub(crate) fn query_one_channel(
+    limits: &Limits,
+    pairs: &[(Cow<'_, str>, Cow<'_, str>)],
+    grant: &Grant,
+    usage: &str,
+) -> Result<Channel, ClientError> {
+    let mut channels = query_channels(limits, pairs, grant)?;
+    match (channels.pop(), channels.is_empty()) {
+        (Some(channel), true) => Ok(channel),
+        _ => Err(ClientError::new(ErrorCode::BadRequest, usage)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

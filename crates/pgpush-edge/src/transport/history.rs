@@ -5,12 +5,11 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use pgpush_protocol::ErrorCode;
 
 use crate::{
     admission::policy::Grant,
     error::ClientError,
-    http::{Body, query_channels, query_number, query_pairs, query_value},
+    http::{Body, query_number, query_one_channel, query_pairs, query_value},
     services::Services,
     transport::poll,
 };
@@ -29,18 +28,17 @@ pub(crate) async fn history(
     grant: Grant,
 ) -> Result<Response<Body>, ClientError> {
     let pairs = query_pairs(&request);
-    let channels = query_channels(&services.limits, &pairs, &grant)?;
-    let [channel] = channels.as_slice() else {
-        return Err(ClientError::new(
-            ErrorCode::BadRequest,
-            "history takes one channel: /v1/history?channel=<name>&limit=<n>",
-        ));
-    };
+    let channel = query_one_channel(
+        &services.limits,
+        &pairs,
+        &grant,
+        "history takes one channel: /v1/history?channel=<name>&limit=<n>",
+    )?;
     let limit = query_number(&pairs, "limit", 1..=MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
     let before = query_value(&pairs, "before");
     let (messages, cursor) = services
         .durable
-        .history(channel, before.as_deref(), limit)
+        .history(&channel, before.as_deref(), limit)
         .await?;
     Ok(poll::reply(&messages, cursor.as_deref(), None))
 }

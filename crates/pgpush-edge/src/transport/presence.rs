@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::{
     admission::policy::Grant,
     error::ClientError,
-    http::{Body, json, query_channels, query_pairs},
+    http::{Body, json, query_one_channel, query_pairs},
     services::Services,
 };
 
@@ -23,16 +23,15 @@ pub(crate) async fn presence(
     grant: Grant,
 ) -> Result<Response<Body>, ClientError> {
     let pairs = query_pairs(&request);
-    let channels = query_channels(&services.limits, &pairs, &grant)?;
-    let [channel] = channels.as_slice() else {
-        return Err(ClientError::new(
-            ErrorCode::BadRequest,
-            "presence takes one channel: /v1/presence?channel=<name>",
-        ));
-    };
+    let channel = query_one_channel(
+        &services.limits,
+        &pairs,
+        &grant,
+        "presence takes one channel: /v1/presence?channel=<name>",
+    )?;
     let present = services
         .presence
-        .list(channel)
+        .list(&channel)
         .await
         .map_err(ClientError::database)?;
     #[derive(Serialize)]
