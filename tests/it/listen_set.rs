@@ -32,8 +32,9 @@ fn listener_statements(pg: &TestPostgres) -> Vec<String> {
             text.split(';')
                 .map(str::trim)
                 .filter(|s| s.starts_with("LISTEN") || s.starts_with("UNLISTEN"))
-                // The node's own wake-up channel is LISTENed always.
-                .filter(|s| !s.contains("pgpush_wake"))
+                // The node's own channels (wake-up, presence, control) are LISTENed always;
+                // clients can never name a channel starting with pgpush.
+                .filter(|s| !s.contains("\"pgpush_"))
                 .map(str::to_owned),
         );
     }

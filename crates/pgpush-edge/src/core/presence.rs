@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use crate::ops::stats::Stats;
 
@@ -156,6 +156,8 @@ impl Presence {
             return;
         };
         let mut beat = tokio::time::interval(HEARTBEAT);
+        // An outage is said once, not at every retry.
+        let mut failing = false;
         loop {
             let known = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -165,6 +167,9 @@ impl Presence {
                     self.flush(&store).await
                 }
             };
+            if known.is_ok() && std::mem::take(&mut failing) {
+                info!("presence: writes to PostgreSQL resumed");
+            }
             match known {
                 // The row was gone (first beat, reaped while PostgreSQL was unreachable, or
                 // emptied by a crash or a failover): write every connection again.
@@ -176,7 +181,13 @@ impl Presence {
                 }
                 Ok(true) => {}
                 Err(error) => {
-                    warn!(%error, "presence: PostgreSQL refused a write; retrying");
+                    if error.is_not_migrated() {
+                        // Said by the durable path and /readyz; presence waits for the migration.
+                    } else if std::mem::replace(&mut failing, true) {
+                        debug!(%error, "presence: PostgreSQL refused a write again; retrying");
+                    } else {
+                        warn!(%error, "presence: PostgreSQL refused a write; retrying");
+                    }
                     tokio::time::sleep(RETRY).await;
                     self.wake.notify_one();
                 }
