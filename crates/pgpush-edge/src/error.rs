@@ -48,7 +48,8 @@ impl ClientError {
         } else if failure.is_not_migrated() {
             ClientError::new(
                 ErrorCode::Unavailable,
-                "durable channels need the pgpush schema: run `pgpush migrate`",
+                "durable channels, presence and server-side control need the pgpush schema: run \
+                 `pgpush migrate`",
             )
         } else {
             error!(error = %failure, "publish failed");
