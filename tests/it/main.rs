@@ -13,6 +13,7 @@ mod durable_faults;
 mod durable_resume;
 mod failover;
 mod fan_out;
+mod filters;
 mod hippie_flows;
 mod hippie_queue;
 mod hippie_wire;

@@ -41,6 +41,8 @@ pub enum ErrorCode {
     NotImplemented,
     /// A cursor that this deployment did not issue or cannot parse.
     BadCursor,
+    /// A subscription's filter that does not parse, or is above its bounds.
+    BadFilter,
     /// A failure inside the server; details are in its log, never in the response.
     Internal,
     /// The server disconnected the client's user (`pgpush.disconnect`): do not reconnect with
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::BadCursor => "bad_cursor",
+            ErrorCode::BadFilter => "bad_filter",
             ErrorCode::Internal => "internal",
             ErrorCode::Disconnected => "disconnected",
         }
@@ -82,7 +85,8 @@ impl ErrorCode {
             | ErrorCode::BadChannel
             | ErrorCode::BadPayload
             | ErrorCode::BadRequest
-            | ErrorCode::BadCursor => 400,
+            | ErrorCode::BadCursor
+            | ErrorCode::BadFilter => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden | ErrorCode::Disconnected => 403,
             ErrorCode::NotFound => 404,

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::{Channel, ErrorCode};
+use crate::{Channel, ErrorCode, Filter};
 
 /// Delivery mode of a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,8 @@ pub const MAX_HISTORY: i64 = 1000;
 /// A frame a client sent over WebSocket.
 #[derive(Debug)]
 pub enum ClientFrame<'a> {
-    /// `{"op":"subscribe","channels":[...],"since":"<cursor>","history":<n>,"presence":true}`
+    /// `{"op":"subscribe","channels":[...],"since":"<cursor>","history":<n>,"presence":true,
+    /// "filter":<filter>}`
     Subscribe {
         /// Channels to add, validated.
         channels: Vec<Channel>,
@@ -44,6 +45,9 @@ pub enum ClientFrame<'a> {
         history: Option<i64>,
         /// Be present in the channels and receive their joins and leaves.
         presence: bool,
+        /// Deliver only the messages of these channels that match; replaces the filter of a
+        /// channel subscribed already.
+        filter: Option<Filter>,
     },
     /// `{"op":"unsubscribe","channels":[...]}`
     Unsubscribe {
@@ -158,6 +162,13 @@ pub fn parse_client_frame(text: &str) -> Result<ParsedFrame<'_>, FrameError> {
                         "\"presence\" must be true or false".into(),
                     )
                 })?,
+            },
+            filter: match fields.get("filter") {
+                None => None,
+                Some(raw) => Some(
+                    Filter::parse(raw.get())
+                        .map_err(|error| fail(ErrorCode::BadFilter, error.to_string()))?,
+                ),
             },
         },
         "unsubscribe" => ClientFrame::Unsubscribe {
@@ -437,6 +448,32 @@ mod tests {
             assert_eq!(error.code, ErrorCode::BadFrame, "{bad}");
             assert!(error.reason.contains("history"), "{}", error.reason);
         }
+    }
+
+    #[test]
+    fn subscribe_with_a_filter() {
+        let parsed = parse_client_frame(
+            r#"{"op":"subscribe","channels":["a"],"filter":{"path":"x","op":"exists"}}"#,
+        )
+        .unwrap();
+        match parsed.frame {
+            ClientFrame::Subscribe {
+                filter: Some(filter),
+                ..
+            } => assert_eq!(filter.canonical(), r#"{"op":"exists","path":"x"}"#),
+            other => panic!("{other:?}"),
+        }
+        let error = parse_client_frame(
+            r#"{"op":"subscribe","channels":["a"],"filter":{"path":"x","op":"near"},"ref":3}"#,
+        )
+        .unwrap_err();
+        assert_eq!(error.code, ErrorCode::BadFilter);
+        assert_eq!(error.reference.as_deref(), Some("3"));
+        assert!(
+            error.reason.contains("unknown op \"near\""),
+            "{}",
+            error.reason
+        );
     }
 
     #[test]

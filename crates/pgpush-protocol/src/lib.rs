@@ -6,6 +6,7 @@
 mod channel;
 mod cursor;
 mod error_code;
+mod filter;
 mod frame;
 pub mod hippie;
 mod message;
@@ -17,6 +18,10 @@ mod url;
 pub use channel::{Channel, ChannelError, MAX_CHANNEL_BYTES, RESERVED_PREFIX};
 pub use cursor::{CursorError, CursorKey, CursorPoint};
 pub use error_code::ErrorCode;
+pub use filter::{
+    Filter, FilterError, GeoBox, MAX_FILTER_BYTES, MAX_FILTER_DEPTH, MAX_PATH_SEGMENTS,
+    Path as FilterPath,
+};
 pub use frame::{
     ClientFrame, FrameError, MAX_HISTORY, ParsedFrame, PublishMode, ServerFrame, http_error_body,
     parse_client_frame, poll_reply, publish_reply, raw_reference,

@@ -54,6 +54,8 @@ pub struct Message {
     sse: OnceLock<Bytes>,
     hippie: OnceLock<Bytes>,
     mxhr: OnceLock<Bytes>,
+    /// The payload parsed, for filters: at most once per message (`None` when not JSON).
+    document: OnceLock<Option<serde_json::Value>>,
 }
 
 #[derive(Debug)]
@@ -94,6 +96,47 @@ impl Message {
         Message::with_body(Body::Signal { event, frame }, None)
     }
 
+    /// A cursor marker: no message, only the point a filtered subscriber has been brought to
+    /// (every durable event up to `position` was matched against its filter). The WebSocket
+    /// frame `{"type":"cursor","cursor":"c"}`, an SSE `cursor` event whose id is the cursor.
+    pub fn cursor_marker(position: i64, cursor: String) -> Message {
+        let mut frame = Vec::with_capacity(cursor.len() + 28);
+        frame.extend_from_slice(br#"{"type":"cursor","cursor":"#);
+        write_json_string(&mut frame, &cursor);
+        frame.push(b'}');
+        Message::with_body(
+            Body::Signal {
+                event: "cursor",
+                frame: Bytes::from(frame),
+            },
+            Some((position, cursor.into_boxed_str())),
+        )
+    }
+
+    /// True for a cursor marker (it carries no message, and no reset).
+    pub fn is_cursor_marker(&self) -> bool {
+        matches!(
+            self.body,
+            Body::Signal {
+                event: "cursor",
+                ..
+            }
+        )
+    }
+
+    /// The payload as parsed JSON, for filters; parsed the first time it is asked for and
+    /// shared after (`None` for a payload that is not JSON, and for markers and signals).
+    pub fn document(&self) -> Option<&serde_json::Value> {
+        self.document
+            .get_or_init(|| match &self.body {
+                Body::Event { payload, .. } if payload.is_json() => {
+                    serde_json::from_str(payload.text()).ok()
+                }
+                _ => None,
+            })
+            .as_ref()
+    }
+
     fn new(channel: Channel, payload: Payload, durable: Option<(i64, Box<str>)>) -> Message {
         Message::with_body(Body::Event { channel, payload }, durable)
     }
@@ -106,6 +149,7 @@ impl Message {
             sse: OnceLock::new(),
             hippie: OnceLock::new(),
             mxhr: OnceLock::new(),
+            document: OnceLock::new(),
         }
     }
 
@@ -176,7 +220,7 @@ impl Message {
                 }
                 Body::Signal { event, frame } => {
                     let mut out = Vec::with_capacity(frame.len() + 32);
-                    sse::write_event(&mut out, None, event, frame);
+                    sse::write_event(&mut out, self.cursor(), event, frame);
                     return Bytes::from(out);
                 }
             };
@@ -273,6 +317,35 @@ mod tests {
             (m.channel(), m.position(), m.reset_reason()),
             (None, None, None)
         );
+    }
+
+    #[test]
+    fn a_cursor_marker_moves_the_cursor_and_carries_no_message() {
+        let m = Message::cursor_marker(12, "12.sig".into());
+        assert!(m.is_cursor_marker());
+        assert_eq!(
+            (m.channel(), m.position(), m.cursor()),
+            (None, Some(12), Some("12.sig"))
+        );
+        assert_eq!(
+            m.websocket_text().as_ref(),
+            br#"{"type":"cursor","cursor":"12.sig"}"#
+        );
+        assert_eq!(
+            std::str::from_utf8(m.sse_event()).unwrap(),
+            "id: 12.sig\nevent: cursor\ndata: {\"type\":\"cursor\",\"cursor\":\"12.sig\"}\n\n"
+        );
+        assert!(m.document().is_none());
+        assert!(!Message::signal("join", Bytes::from_static(b"{}")).is_cursor_marker());
+    }
+
+    #[test]
+    fn the_payload_is_parsed_once_for_filters() {
+        let m = message("c", r#"{"a":[1,2]}"#, None);
+        let first = m.document().unwrap() as *const serde_json::Value;
+        assert_eq!(m.document().unwrap()["a"][1], 2);
+        assert_eq!(first, m.document().unwrap() as *const serde_json::Value);
+        assert!(message("c", "text", None).document().is_none());
     }
 
     #[test]

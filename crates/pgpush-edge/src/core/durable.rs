@@ -9,7 +9,9 @@ use std::{
 };
 
 use pgpush_pg::{CatchUp, Continuation, EventRow, EventStore, History, WakeNotice};
-use pgpush_protocol::{Channel, CursorKey, CursorPoint, ErrorCode, Message, Payload, ResetReason};
+use pgpush_protocol::{
+    Channel, CursorKey, CursorPoint, ErrorCode, Filter, MAX_HISTORY, Message, Payload, ResetReason,
+};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, error, info, warn};
@@ -33,6 +35,11 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 const START_RETRY: Duration = Duration::from_secs(2);
 /// How often a node that cannot start durable channels says so again in its log.
 const START_REMINDER: Duration = Duration::from_secs(60);
+/// How often filtered subscribers whose filter left durable events out get a cursor marker, so
+/// their cursor covers what they were not sent.
+const CURSOR_ADVANCE: Duration = Duration::from_secs(1);
+/// Most events a history with a filter looks through for its matches.
+const FILTERED_HISTORY_SCAN: usize = 10_000;
 
 /// A node's durable side.
 #[derive(Debug)]
@@ -204,6 +211,7 @@ impl Durable {
         let mut head = self.catch_up_logged(start, None).await;
         // The end of the last batch notification heard: each begins where the one before ended.
         let mut notified = Notified::default();
+        let mut advance = tokio::time::interval(CURSOR_ADVANCE);
         loop {
             let notice = async {
                 match notices.as_mut() {
@@ -223,6 +231,10 @@ impl Durable {
                 _ = self.wake.notified() => self.catch_up_logged(head, None).await,
                 _ = tokio::time::sleep(self.config.catch_up_interval) => {
                     self.catch_up_logged(head, None).await
+                }
+                _ = advance.tick() => {
+                    self.advance_filtered();
+                    head
                 }
             };
         }
@@ -523,6 +535,15 @@ impl Durable {
         ))
     }
 
+    /// Gives filtered subscribers behind the head a cursor marker at the head.
+    fn advance_filtered(&self) {
+        let Some(key) = self.key.get() else {
+            return;
+        };
+        self.hub
+            .advance_filtered(|point| Message::cursor_marker(point.position, key.encode(point)));
+    }
+
     /// The cursor of `position`, once started.
     pub(crate) fn cursor(&self, position: i64) -> Option<String> {
         let point = self.hub.cursor_point(position)?;
@@ -641,6 +662,7 @@ impl Durable {
         channel: &Channel,
         before: Option<&str>,
         limit: i64,
+        filter: Option<&Filter>,
     ) -> Result<(Vec<Arc<Message>>, Option<String>), ClientError> {
         self.turned_off()?;
         self.wait_started(CATCH_UP_WAIT).await;
@@ -651,7 +673,9 @@ impl Durable {
             Some(cursor) => key.decode(cursor).map_err(ClientError::from)?.position,
             None => i64::MAX,
         };
-        let messages = self.read_history(channel, before, head, limit).await?;
+        let messages = self
+            .read_history(channel, before, head, limit, filter)
+            .await?;
         Ok((messages, self.cursor(head)))
     }
 
@@ -662,17 +686,61 @@ impl Durable {
         channels: &[Channel],
         upto: i64,
         limit: i64,
+        filter: Option<&Filter>,
     ) -> Result<Vec<Arc<Message>>, ClientError> {
         let mut messages = Vec::new();
         for channel in channels {
-            messages.extend(self.read_history(channel, i64::MAX, upto, limit).await?);
+            messages.extend(
+                self.read_history(channel, i64::MAX, upto, limit, filter)
+                    .await?,
+            );
         }
         messages.sort_by_key(|m| m.position());
         Ok(messages)
     }
 
-    /// The last `limit` messages of `channel` below `before` and at most `upto`, oldest first.
+    /// The last `limit` messages of `channel` below `before` and at most `upto` that `filter`
+    /// matches, oldest first: read back a page at a time, looking at no more than the last
+    /// [`FILTERED_HISTORY_SCAN`] events.
     async fn read_history(
+        &self,
+        channel: &Channel,
+        before: i64,
+        upto: i64,
+        limit: i64,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Arc<Message>>, ClientError> {
+        let Some(filter) = filter else {
+            return self.read_history_page(channel, before, upto, limit).await;
+        };
+        let mut found: Vec<Arc<Message>> = Vec::new();
+        let (mut before, mut scanned) = (before, 0);
+        loop {
+            let page = self
+                .read_history_page(channel, before, upto, MAX_HISTORY)
+                .await?;
+            scanned += page.len();
+            let full = page.len() as i64 == MAX_HISTORY;
+            let Some(first) = page.first().and_then(|m| m.position()) else {
+                break;
+            };
+            let mut matched: Vec<Arc<Message>> = page
+                .into_iter()
+                .filter(|m| filter.matches(m.document()))
+                .collect();
+            matched.append(&mut found);
+            found = matched;
+            if found.len() as i64 >= limit || !full || scanned >= FILTERED_HISTORY_SCAN {
+                break;
+            }
+            before = first;
+        }
+        found.drain(..found.len().saturating_sub(limit.max(0) as usize));
+        Ok(found)
+    }
+
+    /// The last `limit` messages of `channel` below `before` and at most `upto`, oldest first.
+    async fn read_history_page(
         &self,
         channel: &Channel,
         before: i64,

@@ -13,12 +13,13 @@ use futures_util::future::{FutureExt, Shared};
 use pgpush_pg::{
     CONTROL_CHANNEL, Continuation, History, ListenerState, NotificationSink, PRESENCE_CHANNEL,
 };
-use pgpush_protocol::{Channel, CursorPoint, Message, Payload};
+use pgpush_protocol::{Channel, CursorPoint, Filter, Message, Payload};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     core::{
+        audience::Audience,
         listen::ListenSet,
         presence,
         queue::{self, Inbox, Offer, Outbox},
@@ -214,7 +215,8 @@ impl RecentEvents {
 #[derive(Debug)]
 struct ChannelEntry {
     channel: Channel,
-    subscribers: HashMap<u64, Arc<Outbox>>,
+    /// The local subscribers, by filter.
+    audience: Audience,
     /// The subscribers that asked for the channel's joins and leaves.
     watchers: HashSet<u64>,
     /// Completes once PostgreSQL confirmed `LISTEN` for this channel.
@@ -355,7 +357,7 @@ impl Hub {
                 adoption.head = resume_after;
                 let mut told = HashSet::new();
                 for entry in state.channels.values() {
-                    for outbox in entry.subscribers.values() {
+                    for outbox in entry.audience.outboxes() {
                         if told.insert(outbox.id()) {
                             outbox.offer_reset(&marker);
                         }
@@ -382,12 +384,8 @@ impl Hub {
                 continue;
             }
             let message = Arc::new(message);
-            if let Some(entry) = message.channel().and_then(|c| state.channels.get(c)) {
-                for outbox in entry.subscribers.values() {
-                    if outbox.offer(&message) == Offer::Overflowed {
-                        self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+            if let Some(entry) = message.channel().and_then(|c| state.channels.get_mut(c)) {
+                self.count_overflows(entry.audience.deliver(&message).overflows);
             }
             state.recent.push(message);
             state.head = Some(position);
@@ -433,28 +431,26 @@ impl Hub {
         outbox: &Arc<Outbox>,
         channels: &[Channel],
         since: Option<CursorPoint>,
+        filter: Option<&Arc<Filter>>,
     ) -> Result<Subscription, SubscribeError> {
         let timeout = self.settings.subscribe_timeout;
         let mut confirmations = Vec::with_capacity(channels.len());
         let subscription = {
             let mut state = self.lock();
+            let head = state.head.unwrap_or(0);
             for channel in channels {
                 let entry = state
                     .channels
                     .entry(channel.clone())
                     .or_insert_with(|| ChannelEntry {
                         channel: channel.clone(),
-                        subscribers: HashMap::new(),
+                        audience: Audience::default(),
                         watchers: HashSet::new(),
                         listening: self.listener.listen(channel.as_str()).shared(),
                         idle_since: None,
                     });
                 entry.idle_since = None;
-                if entry
-                    .subscribers
-                    .insert(outbox.id(), outbox.clone())
-                    .is_none()
-                {
+                if entry.audience.insert(outbox.id(), outbox, filter, head) {
                     self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
                 }
                 confirmations.push(entry.listening.clone());
@@ -515,10 +511,10 @@ impl Hub {
                 continue;
             };
             entry.watchers.remove(&id);
-            if entry.subscribers.remove(&id).is_some() {
+            if entry.audience.remove(id) {
                 self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             }
-            if entry.subscribers.is_empty() {
+            if entry.audience.is_empty() {
                 if self.settings.unlisten_delay.is_zero() {
                     state.channels.remove(channel);
                     // Issued under the lock, so LISTEN/UNLISTEN reach the listener in map order.
@@ -566,17 +562,64 @@ impl Hub {
     /// Builds a message for `channel` (sharing the entry's name) and hands it to every local
     /// subscriber of the channel. Returns false when nobody here subscribes to it.
     pub fn fan_out(&self, channel: &str, make: impl FnOnce(Channel) -> Message) -> bool {
-        let state = self.lock();
-        let Some(entry) = state.channels.get(channel) else {
+        let mut state = self.lock();
+        let Some(entry) = state.channels.get_mut(channel) else {
             return false;
         };
         let message = Arc::new(make(entry.channel.clone()));
-        for outbox in entry.subscribers.values() {
-            if outbox.offer(&message) == Offer::Overflowed {
-                self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        self.count_overflows(entry.audience.deliver(&message).overflows);
+        true
+    }
+
+    /// Replaces the filter of subscriber `id` on those of `channels` it subscribes: the next
+    /// message is matched against the new one (`None`: every message).
+    pub fn refilter(
+        &self,
+        outbox: &Arc<Outbox>,
+        channels: &[Channel],
+        filter: Option<&Arc<Filter>>,
+    ) {
+        let mut state = self.lock();
+        let head = state.head.unwrap_or(0);
+        for channel in channels {
+            if let Some(entry) = state.channels.get_mut(channel)
+                && entry.audience.contains(outbox.id())
+            {
+                entry.audience.insert(outbox.id(), outbox, filter, head);
             }
         }
-        true
+    }
+
+    /// Brings every filtered subscriber's cursor to the durable head: one whose filter left
+    /// events out since its last message gets a cursor marker (made by `marker` from the head's
+    /// point) behind what is queued, so the client's cursor covers what it was not sent.
+    pub fn advance_filtered(&self, marker: impl FnOnce(CursorPoint) -> Message) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let (Some(head), Some(delivered)) = (state.head, &state.delivered) else {
+            return;
+        };
+        if !state
+            .channels
+            .values()
+            .any(|entry| entry.audience.distinct_filters() > 0)
+        {
+            return;
+        }
+        let marker = Arc::new(marker(delivered.point(head)));
+        let mut told = HashSet::new();
+        for entry in state.channels.values_mut() {
+            let overflows = entry.audience.advance(&marker, &mut told);
+            self.count_overflows(overflows);
+        }
+    }
+
+    fn count_overflows(&self, overflows: usize) {
+        if overflows > 0 {
+            self.stats
+                .slow_consumers
+                .fetch_add(overflows as u64, Ordering::Relaxed);
+        }
     }
 
     /// Subscriber `id` also receives the joins and leaves of those of `channels` it subscribes.
@@ -584,7 +627,7 @@ impl Hub {
         let mut state = self.lock();
         for channel in channels {
             if let Some(entry) = state.channels.get_mut(channel)
-                && entry.subscribers.contains_key(&id)
+                && entry.audience.contains(id)
             {
                 entry.watchers.insert(id);
             }
@@ -596,7 +639,7 @@ impl Hub {
         self.lock()
             .channels
             .get(channel)
-            .is_some_and(|entry| entry.subscribers.contains_key(&id))
+            .is_some_and(|entry| entry.audience.contains(id))
     }
 
     /// Hands a presence notification's joins and leaves to the channels' watchers.
@@ -611,7 +654,7 @@ impl Hub {
             for outbox in entry
                 .watchers
                 .iter()
-                .filter_map(|id| entry.subscribers.get(id))
+                .filter_map(|id| entry.audience.get(*id))
             {
                 if outbox.offer(&signal) == Offer::Overflowed {
                     self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);

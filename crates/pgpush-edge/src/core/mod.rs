@@ -2,6 +2,7 @@
 //! (`presence`), durable channels (`durable`, `replay`) and publishing, as data and tasks with no HTTP in them. It imports only
 //! `ops`, `error` and `settings`; PostgreSQL's LISTEN connection comes in through `listen`.
 
+pub(crate) mod audience;
 pub(crate) mod durable;
 pub mod hub;
 pub mod listen;

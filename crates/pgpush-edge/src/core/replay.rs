@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures_util::{Stream, stream};
-use pgpush_protocol::{Channel, ErrorCode, Message, ResetReason};
+use pgpush_protocol::{Channel, ErrorCode, Filter, Message, ResetReason};
 
 use crate::{
     core::{
@@ -18,8 +18,14 @@ use crate::{
 /// One step of a replay.
 #[derive(Debug)]
 pub(crate) enum ReplayBatch {
-    /// Messages in position order.
-    Messages(Vec<Arc<Message>>),
+    /// Messages in position order (those the filter matches).
+    Messages {
+        /// The messages to send.
+        messages: Vec<Arc<Message>>,
+        /// The last event read from the table for this batch, matched or not: a poll that sent
+        /// every message continues after it (`None` for the memory part, read up to the head).
+        read_up_to: Option<Arc<Message>>,
+    },
     /// The client's cursor names events that are gone (retention deleted them, or the
     /// database's history lost them): it must reload its state. Nothing more is replayed; live
     /// messages continue.
@@ -35,6 +41,8 @@ pub(crate) struct Start {
     pub(crate) history: Option<i64>,
     /// Be present in the channels, and receive their joins and leaves.
     pub(crate) presence: bool,
+    /// Only the messages that match, replayed and live.
+    pub(crate) filter: Option<Arc<Filter>>,
 }
 
 /// Subscribes `session` to `channels`, resuming after `start.since` when given, or else
@@ -52,24 +60,33 @@ pub(crate) async fn subscribe(
         None => None,
     };
     let mut subscription = session
-        .subscribe(channels, since)
+        .subscribe(channels, since, start.filter.as_ref())
         .await
         .map_err(|error| ClientError::new(ErrorCode::Unavailable, error.to_string()))?;
     if let (None, Some(limit), Some(head)) = (&since, start.history, subscription.head)
         && limit > 0
     {
-        let messages = durable.last_of_channels(channels, head, limit).await?;
+        let messages = durable
+            .last_of_channels(channels, head, limit, start.filter.as_deref())
+            .await?;
         subscription.replay = Replay::Memory(messages);
     }
     Ok(subscription)
 }
 
-/// The replay as batches: the memory part at once, the database part one query per batch.
+/// The replay as batches of what `filter` matches: the memory part at once, the database part
+/// one query per batch (a batch the filter leaves empty is not sent; the next is read).
 pub(crate) fn batches(
     durable: Arc<Durable>,
     channels: Vec<Channel>,
     replay: Replay,
+    filter: Option<Arc<Filter>>,
 ) -> impl Stream<Item = Result<ReplayBatch, ClientError>> + Send + 'static {
+    let matches = move |message: &Arc<Message>| {
+        filter
+            .as_ref()
+            .is_none_or(|filter| filter.matches(message.document()))
+    };
     enum State {
         Memory(Vec<Arc<Message>>),
         Database { from: i64, upto: i64 },
@@ -82,35 +99,56 @@ pub(crate) fn batches(
         Replay::Memory(messages) => State::Memory(messages),
         Replay::Database { after, upto } => State::Database { from: after, upto },
     };
-    stream::unfold(start, move |state| {
+    stream::unfold(start, move |mut state| {
         let durable = durable.clone();
         let channels = channels.clone();
+        let matches = matches.clone();
         async move {
-            match state {
-                State::Done => None,
-                State::Lost => Some((
-                    Ok(ReplayBatch::Reset(ResetReason::HistoryChanged)),
-                    State::Done,
-                )),
-                State::Memory(messages) if messages.is_empty() => None,
-                State::Memory(messages) => Some((Ok(ReplayBatch::Messages(messages)), State::Done)),
-                State::Database { from, upto } => {
-                    match durable.replay_chunk(&channels, from, upto).await {
-                        Err(error) => Some((Err(error), State::Done)),
-                        Ok(Replayed::Expired) => {
-                            Some((Ok(ReplayBatch::Reset(ResetReason::Expired)), State::Done))
+            loop {
+                match state {
+                    State::Done => return None,
+                    State::Lost => {
+                        return Some((
+                            Ok(ReplayBatch::Reset(ResetReason::HistoryChanged)),
+                            State::Done,
+                        ));
+                    }
+                    State::Memory(mut messages) => {
+                        messages.retain(&matches);
+                        if messages.is_empty() {
+                            return None;
                         }
-                        Ok(Replayed::Messages { messages, more }) => {
-                            let next = match messages.last().and_then(|m| m.position()) {
-                                Some(last) if more && last < upto => {
-                                    State::Database { from: last, upto }
+                        let batch = ReplayBatch::Messages {
+                            messages,
+                            read_up_to: None,
+                        };
+                        return Some((Ok(batch), State::Done));
+                    }
+                    State::Database { from, upto } => {
+                        match durable.replay_chunk(&channels, from, upto).await {
+                            Err(error) => return Some((Err(error), State::Done)),
+                            Ok(Replayed::Expired) => {
+                                return Some((
+                                    Ok(ReplayBatch::Reset(ResetReason::Expired)),
+                                    State::Done,
+                                ));
+                            }
+                            Ok(Replayed::Messages { mut messages, more }) => {
+                                let read_up_to = messages.last().cloned();
+                                state = match read_up_to.as_ref().and_then(|m| m.position()) {
+                                    Some(last) if more && last < upto => {
+                                        State::Database { from: last, upto }
+                                    }
+                                    _ => State::Done,
+                                };
+                                messages.retain(&matches);
+                                if !messages.is_empty() {
+                                    let batch = ReplayBatch::Messages {
+                                        messages,
+                                        read_up_to,
+                                    };
+                                    return Some((Ok(batch), state));
                                 }
-                                _ => State::Done,
-                            };
-                            if messages.is_empty() {
-                                None
-                            } else {
-                                Some((Ok(ReplayBatch::Messages(messages)), next))
                             }
                         }
                     }

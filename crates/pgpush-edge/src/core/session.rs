@@ -2,7 +2,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use pgpush_protocol::{Channel, CursorPoint};
+use pgpush_protocol::{Channel, CursorPoint, Filter};
 
 use crate::core::{
     hub::{Hub, SubscribeError, Subscription},
@@ -37,20 +37,24 @@ impl Session {
         }
     }
 
-    /// Subscribes to `channels` (those already subscribed are no-ops, and get no replay),
-    /// replaying durable events after `since` (see [`Hub::subscribe`]).
+    /// Subscribes to `channels` with `filter`, replaying durable events after `since` (see
+    /// [`Hub::subscribe`]). Channels subscribed already get no replay; their filter is replaced.
     pub async fn subscribe(
         &mut self,
         channels: &[Channel],
         since: Option<CursorPoint>,
+        filter: Option<&Arc<Filter>>,
     ) -> Result<Subscription, SubscribeError> {
         self.forget_unsubscribed();
-        let new: Vec<Channel> = channels
+        let (old, new): (Vec<Channel>, Vec<Channel>) = channels
             .iter()
-            .filter(|c| !self.channels.contains(*c))
             .cloned()
-            .collect();
-        let subscription = self.hub.subscribe(&self.outbox, &new, since).await?;
+            .partition(|c| self.channels.contains(c));
+        self.hub.refilter(&self.outbox, &old, filter);
+        let subscription = self
+            .hub
+            .subscribe(&self.outbox, &new, since, filter)
+            .await?;
         self.channels.extend(new);
         Ok(subscription)
     }

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use pgpush_pg::{Epoch, History};
-use pgpush_protocol::{Channel, CursorPoint, Message, Payload};
+use pgpush_protocol::{Channel, CursorPoint, Filter, Message, Payload};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -90,11 +90,11 @@ async fn each_subscriber_gets_each_message_once_and_postgres_is_asked_once_per_c
     let mut second_session = Session::new(hub.clone(), second_outbox);
     let chat = channel("chat");
     first_session
-        .subscribe(std::slice::from_ref(&chat), None)
+        .subscribe(std::slice::from_ref(&chat), None, None)
         .await
         .unwrap();
     second_session
-        .subscribe(&[chat.clone(), chat.clone(), channel("other")], None)
+        .subscribe(&[chat.clone(), chat.clone(), channel("other")], None, None)
         .await
         .unwrap();
     assert_eq!(
@@ -126,11 +126,11 @@ async fn an_overflowing_queue_cuts_its_client_alone_and_counts_what_it_dropped()
     let mut slow_session = Session::new(hub.clone(), slow_outbox.clone());
     let mut fast_session = Session::new(hub.clone(), fast_outbox);
     slow_session
-        .subscribe(&[channel("feed")], None)
+        .subscribe(&[channel("feed")], None, None)
         .await
         .unwrap();
     fast_session
-        .subscribe(&[channel("feed")], None)
+        .subscribe(&[channel("feed")], None, None)
         .await
         .unwrap();
 
@@ -166,7 +166,7 @@ async fn replay_then_live_has_no_gap_and_no_duplicate() {
         position: 2,
     };
     let subscription = session
-        .subscribe(&[channel("orders")], Some(since))
+        .subscribe(&[channel("orders")], Some(since), None)
         .await
         .unwrap();
     assert_eq!(subscription.head, Some(5));
@@ -199,7 +199,7 @@ async fn a_cursor_older_than_memory_replays_from_the_database_and_an_unknown_epo
         position: 1,
     };
     let subscription = session
-        .subscribe(&[channel("orders")], Some(old))
+        .subscribe(&[channel("orders")], Some(old), None)
         .await
         .unwrap();
     assert!(
@@ -213,7 +213,7 @@ async fn a_cursor_older_than_memory_replays_from_the_database_and_an_unknown_epo
         position: 3,
     };
     let subscription = other
-        .subscribe(&[channel("orders")], Some(elsewhere))
+        .subscribe(&[channel("orders")], Some(elsewhere), None)
         .await
         .unwrap();
     assert!(
@@ -276,7 +276,7 @@ async fn joins_and_leaves_reach_the_watchers_only_and_a_session_leaves_what_it_j
     let mut listening = Session::new(hub.clone(), quiet_outbox);
     for session in [&mut watching, &mut listening] {
         session
-            .subscribe(std::slice::from_ref(&room), None)
+            .subscribe(std::slice::from_ref(&room), None, None)
             .await
             .unwrap();
     }
@@ -307,4 +307,67 @@ async fn joins_and_leaves_reach_the_watchers_only_and_a_session_leaves_what_it_j
     assert_eq!(watching.channels().count(), 0);
     drop(watching);
     drop(listening);
+}
+
+#[tokio::test]
+async fn a_filter_delivers_what_matches_is_replaced_by_a_new_subscribe_and_markers_cover_the_rest()
+{
+    let (hub, _) = hub_with(64, 64);
+    hub.start_durable(0, one_epoch());
+    let (outbox, mut filtered) = hub.outbox(None);
+    let (plain_outbox, mut plain) = hub.outbox(None);
+    let mut session = Session::new(hub.clone(), outbox);
+    let mut plain_session = Session::new(hub.clone(), plain_outbox);
+    let orders = [channel("orders")];
+    let some = Arc::new(Filter::parse(r#"{"path":"n","op":"in","value":[2,4,6]}"#).unwrap());
+    session.subscribe(&orders, None, Some(&some)).await.unwrap();
+    plain_session.subscribe(&orders, None, None).await.unwrap();
+
+    hub.fan_out_durable((1..=5).map(|p| durable("orders", p)).collect(), None);
+    assert_eq!(positions(&queued(&mut filtered)), [2, 4]);
+    assert_eq!(positions(&queued(&mut plain)), [1, 2, 3, 4, 5]);
+
+    // The filter left 5 out after 4: a marker brings the cursor to the head, once.
+    let marker = |point: CursorPoint| {
+        Message::cursor_marker(point.position, format!("cursor-{}", point.position))
+    };
+    hub.advance_filtered(marker);
+    let markers = queued(&mut filtered);
+    assert_eq!(positions(&markers), [5]);
+    assert!(markers[0].is_cursor_marker());
+    hub.advance_filtered(marker);
+    assert!(queued(&mut filtered).is_empty(), "at the head: no marker");
+    assert!(
+        queued(&mut plain).is_empty(),
+        "unfiltered subscribers need none"
+    );
+
+    // A new subscribe on the channel replaces the filter for the next message.
+    let above = Arc::new(Filter::parse(r#"{"path":"n","op":"gt","value":6}"#).unwrap());
+    session
+        .subscribe(&orders, None, Some(&above))
+        .await
+        .unwrap();
+    hub.fan_out_durable((6..=8).map(|p| durable("orders", p)).collect(), None);
+    assert_eq!(positions(&queued(&mut filtered)), [7, 8]);
+    session.subscribe(&orders, None, None).await.unwrap();
+    hub.fan_out_durable(vec![durable("orders", 9)], None);
+    assert_eq!(positions(&queued(&mut filtered)), [9]);
+
+    // A payload that is not JSON matches no comparison, and so matches a `not` around one.
+    let text_only = Arc::new(Filter::parse(r#"{"not":{"path":"n","op":"exists"}}"#).unwrap());
+    session
+        .subscribe(&orders, None, Some(&text_only))
+        .await
+        .unwrap();
+    hub.fan_out("orders", |c| ephemeral(c, "plain text"));
+    hub.fan_out("orders", |c| ephemeral(c, r#"{"n":1}"#));
+    let texts: Vec<String> = queued(&mut filtered)
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.websocket_text()).into_owned())
+        .collect();
+    assert_eq!(
+        texts,
+        [r#"{"type":"message","channel":"orders","data":"plain text"}"#]
+    );
 }

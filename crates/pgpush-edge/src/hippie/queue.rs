@@ -257,7 +257,12 @@ impl Registry {
         }
         let subscription = self
             .hub
-            .subscribe(&queue.outbox, std::slice::from_ref(&queue.channel), since)
+            .subscribe(
+                &queue.outbox,
+                std::slice::from_ref(&queue.channel),
+                since,
+                None,
+            )
             .await?;
         let lost = matches!(subscription.replay, Replay::Lost);
         let start = match since {
@@ -277,12 +282,13 @@ impl Registry {
             self.durable.clone(),
             vec![queue.channel.clone()],
             subscription.replay,
+            None,
         );
         let mut batches = std::pin::pin!(batches);
         while backlog.len() < self.limits.messages {
             match batches.next().await {
                 None => break,
-                Some(Ok(ReplayBatch::Messages(messages))) => backlog.extend(messages),
+                Some(Ok(ReplayBatch::Messages { messages, .. })) => backlog.extend(messages),
                 Some(Ok(ReplayBatch::Reset(reason))) => reset(reason),
                 Some(Err(error)) => {
                     warn!(reason = %error.reason, "Hippie replay failed; the client resets");

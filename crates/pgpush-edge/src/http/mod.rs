@@ -9,12 +9,13 @@ use std::{
     borrow::Cow,
     convert::Infallible,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
-use pgpush_protocol::{Channel, ErrorCode, MAX_HISTORY, UrlDecodeError, http_error_body};
+use pgpush_protocol::{Channel, ErrorCode, Filter, MAX_HISTORY, UrlDecodeError, http_error_body};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -190,6 +191,20 @@ pub(crate) fn query_history(
     pairs: &[(Cow<'_, str>, Cow<'_, str>)],
 ) -> Result<Option<i64>, ClientError> {
     query_number(pairs, "history", 0..=MAX_HISTORY)
+}
+
+/// The `filter=<JSON>` parameter of a subscribe, parsed once for the subscription;
+/// `bad_filter` naming what is wrong.
+pub(crate) fn query_filter(
+    pairs: &[(Cow<'_, str>, Cow<'_, str>)],
+) -> Result<Option<Arc<Filter>>, ClientError> {
+    query_value(pairs, "filter")
+        .map(|text| {
+            Filter::parse(&text)
+                .map(Arc::new)
+                .map_err(|error| ClientError::new(ErrorCode::BadFilter, error.to_string()))
+        })
+        .transpose()
 }
 
 /// The `presence=1` parameter of a subscribe (`1`/`true` or `0`/`false`; absent: false).

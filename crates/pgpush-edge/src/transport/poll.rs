@@ -15,8 +15,8 @@ use crate::{
     },
     error::ClientError,
     http::{
-        Body, ConnInfo, json, query_channels, query_history, query_pairs, query_presence,
-        query_value,
+        Body, ConnInfo, json, query_channels, query_filter, query_history, query_pairs,
+        query_presence, query_value,
     },
     ops::stats::Transport,
     services::Services,
@@ -62,6 +62,7 @@ pub(crate) async fn poll(
     };
     let cursor = value("cursor");
     let history = query_history(&pairs)?;
+    let filter = query_filter(&pairs)?;
     if query_presence(&pairs)? {
         return Err(ClientError::new(
             ErrorCode::BadRequest,
@@ -76,7 +77,9 @@ pub(crate) async fn poll(
         let head = durable.head();
         let messages = match (history, head) {
             (Some(limit), Some(head)) if limit > 0 => {
-                durable.last_of_channels(&channels, head, limit).await?
+                durable
+                    .last_of_channels(&channels, head, limit, filter.as_deref())
+                    .await?
             }
             _ => Vec::new(),
         };
@@ -91,25 +94,35 @@ pub(crate) async fn poll(
         since: cursor,
         history: None,
         presence: false,
+        filter: filter.clone(),
     };
     let subscription = replay::subscribe(durable, &mut session, &channels, &start).await?;
     let registered = durable.subscription_cursor(&subscription);
     let mut replay = std::pin::pin!(replay::batches(
         durable.clone(),
         channels.clone(),
-        subscription.replay
+        subscription.replay,
+        filter.clone(),
     ));
     match replay.next().await {
         Some(Ok(ReplayBatch::Reset(reason))) => {
             stats.count_resets(reason, 1);
             return Ok(reply(&[], registered.as_deref(), Some(reason)));
         }
-        Some(Ok(ReplayBatch::Messages(mut messages))) => {
-            // A long replay comes in pages: the cursor of the last message sent is where the
-            // next poll continues.
+        Some(Ok(ReplayBatch::Messages {
+            mut messages,
+            read_up_to,
+        })) => {
+            // A long replay comes in pages: the next poll continues after the last message
+            // sent, or, when all were, after the last event the filter looked at.
+            let truncated = messages.len() > MAX_MESSAGES;
             messages.truncate(MAX_MESSAGES);
             stats.delivered(messages.len());
-            let cursor = last_cursor(&messages).or(registered.as_deref());
+            let cursor = match (&filter, truncated, &read_up_to) {
+                (Some(_), false, Some(read)) => read.cursor(),
+                (Some(_), false, None) => registered.as_deref(),
+                _ => last_cursor(&messages).or(registered.as_deref()),
+            };
             return Ok(reply(&messages, cursor, None));
         }
         Some(Err(error)) => return Err(error),
@@ -117,15 +130,21 @@ pub(crate) async fn poll(
     }
     // Up to date: hold until something arrives, the wait passes or the connection ends (any
     // ending answers with what there is).
+    // Cursor markers (a filter left events out) move the cursor but do not end the hold.
     let mut messages = Vec::new();
     if !wait.is_zero() {
         let ends = Ends::new(&services, &conn, grant.expires());
-        tokio::select! {
-            _ = inbox.recv_many(&mut messages, MAX_MESSAGES) => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = ends.wait() => {}
+        let deadline = tokio::time::Instant::now() + wait;
+        while messages.iter().all(|m: &Arc<Message>| m.is_cursor_marker()) {
+            tokio::select! {
+                received = inbox.recv_many(&mut messages, MAX_MESSAGES) => if received == 0 { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = ends.wait() => break,
+            }
         }
     }
+    // With a filter, every event up to the head was matched already: the cursor goes there.
+    let head = filter.as_ref().and_then(|_| durable.head());
     let room = MAX_MESSAGES.saturating_sub(messages.len());
     inbox.try_recv_many(&mut messages, room);
     // At a reset marker the history changed: what came before it is lost, what follows goes
@@ -135,8 +154,14 @@ pub(crate) async fn poll(
         reset = messages[at].reset_reason();
         messages.drain(..at);
     }
-    let cursor = last_cursor(&messages).map(str::to_owned).or(registered);
-    messages.retain(|m| m.reset_reason().is_none());
+    let last = messages.iter().rev().find(|m| m.cursor().is_some());
+    let cursor = match (head, last.and_then(|m| m.position())) {
+        (Some(head), last) if reset.is_none() && last.is_none_or(|last| last < head) => {
+            durable.cursor(head).or(registered)
+        }
+        _ => last_cursor(&messages).map(str::to_owned).or(registered),
+    };
+    messages.retain(|m| m.reset_reason().is_none() && !m.is_cursor_marker());
     stats.delivered(messages.len());
     Ok(reply(&messages, cursor.as_deref(), reset))
 }

@@ -18,7 +18,8 @@ use crate::{
     },
     error::ClientError,
     http::{
-        Body, ConnInfo, query_channels, query_history, query_pairs, query_presence, query_value,
+        Body, ConnInfo, query_channels, query_filter, query_history, query_pairs, query_presence,
+        query_value,
     },
     ops::stats::Transport,
     services::Services,
@@ -71,6 +72,7 @@ pub(crate) async fn open(
         since: cursor,
         history: query_history(&pairs)?,
         presence: query_presence(&pairs)?,
+        filter: query_filter(&pairs)?,
     };
     let subscription = replay::subscribe(durable, &mut session, &channels, &start).await?;
     let presence_id = match start.presence {
@@ -88,32 +90,37 @@ pub(crate) async fn open(
 
     // The replay, then `subscribed`, then the live queue.
     let stats = services.stats.clone();
-    let prelude = replay::batches(durable.clone(), channels.clone(), subscription.replay)
-        .map(move |batch| match batch {
-            Ok(ReplayBatch::Messages(messages)) => {
-                stats.delivered(messages.len());
-                let mut chunks = VecDeque::new();
-                SseFormat.encode(&messages, &mut chunks);
-                Ok(chunks.into_iter().next().unwrap_or_default())
+    let prelude = replay::batches(
+        durable.clone(),
+        channels.clone(),
+        subscription.replay,
+        start.filter,
+    )
+    .map(move |batch| match batch {
+        Ok(ReplayBatch::Messages { messages, .. }) => {
+            stats.delivered(messages.len());
+            let mut chunks = VecDeque::new();
+            SseFormat.encode(&messages, &mut chunks);
+            Ok(chunks.into_iter().next().unwrap_or_default())
+        }
+        Ok(ReplayBatch::Reset(reason)) => {
+            stats.count_resets(reason, 1);
+            let mut event = Vec::new();
+            let reset = ServerFrame::Reset {
+                reason: reason.as_str(),
+                cursor: None,
             }
-            Ok(ReplayBatch::Reset(reason)) => {
-                stats.count_resets(reason, 1);
-                let mut event = Vec::new();
-                let reset = ServerFrame::Reset {
-                    reason: reason.as_str(),
-                    cursor: None,
-                }
-                .encode();
-                sse::write_event(&mut event, None, "reset", &reset);
-                Ok(Bytes::from(event))
-            }
-            // Live messages are queued behind the replay: end the stream rather than leave a
-            // gap; the browser reconnects with its last event id.
-            Err(error) => Err(error_event(&error)),
-        })
-        .chain(stream::once(
-            async move { Ok(Bytes::from(subscribed_event)) },
-        ));
+            .encode();
+            sse::write_event(&mut event, None, "reset", &reset);
+            Ok(Bytes::from(event))
+        }
+        // Live messages are queued behind the replay: end the stream rather than leave a
+        // gap; the browser reconnects with its last event id.
+        Err(error) => Err(error_event(&error)),
+    })
+    .chain(stream::once(
+        async move { Ok(Bytes::from(subscribed_event)) },
+    ));
 
     let guard = services.stats.connection(Transport::Sse);
     let control = services.control.register(session.outbox(), &grant);

@@ -24,8 +24,8 @@ use crate::{
     },
     error::ClientError,
     http::{
-        Body, ConnInfo, client_address, query_channels, query_history, query_pairs, query_presence,
-        query_value,
+        Body, ConnInfo, client_address, query_channels, query_filter, query_history, query_pairs,
+        query_presence, query_value,
     },
     ops::stats::{PublishVia, Transport},
     services::{Services, control::Registration},
@@ -60,6 +60,7 @@ pub(crate) fn upgrade(
         since,
         history: query_history(&pairs)?,
         presence: query_presence(&pairs)?,
+        filter: query_filter(&pairs)?,
     };
     drop(pairs);
     let task_services = services.clone();
@@ -157,11 +158,13 @@ impl WsProtocol for Native {
                 since,
                 history,
                 presence,
+                filter,
             } => {
                 let start = Start {
                     since,
                     history,
                     presence,
+                    filter: filter.map(Arc::new),
                 };
                 self.subscribe(io, channels, start, reference, ends).await
             }
@@ -307,11 +310,16 @@ impl Native {
             ),
             false => None,
         };
-        let batches = replay::batches(durable.clone(), channels.clone(), subscription.replay);
+        let batches = replay::batches(
+            durable.clone(),
+            channels.clone(),
+            subscription.replay,
+            start.filter.clone(),
+        );
         let mut batches = std::pin::pin!(batches);
         while let Some(batch) = batches.next().await {
             match batch {
-                Ok(ReplayBatch::Messages(messages)) => {
+                Ok(ReplayBatch::Messages { messages, .. }) => {
                     io.write_texts(messages.iter().map(|m| m.websocket_text().clone()), ends)
                         .await?;
                     self.services.stats.delivered(messages.len());
