@@ -53,7 +53,20 @@ export interface PgPushOptions {
   /** Be present in the channels (identified by the token's `sub` and `info`) and receive their
    *  `join` and `leave` events. WebSocket and SSE only: over polling the client is not present. */
   presence?: boolean;
+  /** A server-side filter for every channel: only matching messages are sent
+   *  (docs/protocol.md#filters). Change it with `setFilter`. */
+  filter?: Filter | null;
 }
+
+/** A server-side filter (docs/protocol.md#filters). */
+export type Filter =
+  | { path: string; op: 'eq' | 'ne' | 'in'; value: Json }
+  | { path: string; op: 'lt' | 'lte' | 'gt' | 'gte'; value: number | string }
+  | { path: string; op: 'exists' }
+  | { path: string; op: 'within'; value: [west: number, south: number, east: number, north: number] }
+  | { and: Filter[] }
+  | { or: Filter[] }
+  | { not: Filter };
 
 /** A connection present in a channel. */
 export interface PresentClient {
@@ -142,6 +155,10 @@ export class PgPush<T = unknown> {
   close(): void;
   subscribe(channels: string | string[]): void;
   unsubscribe(channels: string | string[]): void;
+  /** The server-side filter of every channel, or null. */
+  readonly filter: Filter | null;
+  /** Replaces the filter (null: every message); the next message is matched against it. */
+  setFilter(filter: Filter | null): void;
   /** Publishes a JSON value (any JSON-compatible value, your interfaces included); resolves to
    *  the event's cursor for durable publishes. */
   publish<D>(
@@ -153,7 +170,7 @@ export class PgPush<T = unknown> {
    *  `before` (default: the newest), oldest first; `cursor` is where to go on live from. */
   history(
     channel: string,
-    options?: { limit?: number; before?: string },
+    options?: { limit?: number; before?: string; filter?: Filter },
   ): Promise<{ messages: PgPushMessage<T>[]; cursor: string | null }>;
   /** Who is present in `channel`, on every node of the cluster. */
   presence(channel: string): Promise<{ channel: string; count: number; clients: PresentClient[] }>;

@@ -46,6 +46,8 @@ export class PgPush {
     this._history = options.history ?? null;
     // Be present in the channels and receive their `join` and `leave` events (WebSocket, SSE).
     this._presence = options.presence === true;
+    /** The server-side filter of every channel (docs/protocol.md#filters), or null. */
+    this.filter = options.filter ?? null;
     /** This connection's id in the channels' presence (set once subscribed with presence). */
     this.presenceId = null;
     this._refusedToken = null;
@@ -104,6 +106,13 @@ export class PgPush {
     if (added.length && this._connection) this._connection.subscribe(added);
   }
 
+  /** Replaces the server-side filter of every channel (null: every message); the next message
+   *  is matched against it. A live map calls this on every pan and zoom. */
+  setFilter(filter) {
+    this.filter = filter ?? null;
+    if (this.channels.size && this._connection) this._connection.refilter();
+  }
+
   /** Removes channels. */
   unsubscribe(channels) {
     const removed = [].concat(channels).filter((c) => this.channels.delete(c));
@@ -134,6 +143,7 @@ export class PgPush {
   async history(channel, options = {}) {
     const query = { channel, limit: options.limit ?? 50 };
     if (options.before) query.before = options.before;
+    if (options.filter) query.filter = JSON.stringify(options.filter);
     const body = await this._get('/v1/history', query);
     const messages = body.messages.map((m) => ({ channel: m.channel, data: m.data, cursor: m.cursor }));
     return { messages, cursor: body.cursor ?? null };
@@ -339,6 +349,7 @@ export class PgPush {
     if (this.cursor) url.searchParams.set(cursorParam, this.cursor);
     else if (this._history) url.searchParams.set('history', this._history);
     if (presence) url.searchParams.set('presence', '1');
+    if (this.filter) url.searchParams.set('filter', JSON.stringify(this.filter));
     // Browsers cannot set headers on WebSocket or EventSource: the token goes in the query.
     if (this._token) url.searchParams.set('token', this._token);
     for (const [key, value] of Object.entries(extra)) url.searchParams.set(key, value);
@@ -382,6 +393,10 @@ function openWebSocket(client, on) {
       case 'message':
         on.message({ channel: frame.channel, data: frame.data, cursor: frame.cursor });
         break;
+      // The filter left durable events out: the cursor moves past them.
+      case 'cursor':
+        client.cursor = frame.cursor;
+        break;
       case 'subscribed':
         if (frame.cursor) client.cursor = frame.cursor;
         if (frame.presence_id) client.presenceId = frame.presence_id;
@@ -419,12 +434,15 @@ function openWebSocket(client, on) {
     const frame = { op: 'subscribe', channels };
     if (client._history) frame.history = client._history;
     if (client._presence) frame.presence = true;
+    if (client.filter) frame.filter = client.filter;
     send(frame);
   };
   return {
     name: 'websocket',
     send,
     subscribe,
+    // A subscribe on subscribed channels replaces their filter, without a replay.
+    refilter: () => subscribe([...client.channels]),
     unsubscribe: (channels) => send({ op: 'unsubscribe', channels }),
     close: () => {
       socket.onclose = null;
@@ -471,6 +489,10 @@ function openEventSource(client, on) {
       if (cursor) lastId = cursor;
       on.message({ channel: frame.channel, data: frame.data, cursor });
     });
+    source.addEventListener('cursor', (event) => {
+      lastId = event.lastEventId;
+      client.cursor = JSON.parse(event.data).cursor;
+    });
     source.addEventListener('reset', (event) => {
       const frame = JSON.parse(event.data);
       if (frame.cursor) lastId = frame.cursor;
@@ -497,6 +519,7 @@ function openEventSource(client, on) {
     name: 'sse',
     send: () => false,
     subscribe: start,
+    refilter: start,
     unsubscribe: start,
     close: () => source?.close(),
   };
@@ -561,6 +584,7 @@ function openPoll(client, on) {
     name: 'poll',
     send: () => false,
     subscribe: again,
+    refilter: again,
     unsubscribe: again,
     close: () => {
       stopped = true;

@@ -168,6 +168,103 @@ async fn map_markers_follow_updates_and_inserts_in_the_person_table() {
     browser.screenshot(&page, &screenshot_path("map.png")).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_map_receives_only_the_moves_inside_its_viewport_and_follows_a_pan() {
+    let postgres = demo_database().await;
+    let db = postgres.client().await;
+    // Ada in the view, Bram 5 km east of it, Chloé 5 km north.
+    db.batch_execute(
+        "INSERT INTO person (name, loc) VALUES ('Ada', 'POINT(4.8926 52.3731)'),
+             ('Bram', 'POINT(4.9650 52.3731)'), ('Chloé', 'POINT(4.8926 52.4200)')",
+    )
+    .await
+    .unwrap();
+    let edge = Edge::start_with(&postgres.url(), EdgeOptions::args(&["--demo"])).await;
+    let mut browser = Browser::start().await;
+    let page = browser.new_page(None).await;
+    browser
+        .goto(
+            &page,
+            &format!("http://{}/demo/map?view=52.3731,4.8926,16", edge.address()),
+        )
+        .await;
+    browser
+        .wait_for(
+            &page,
+            &format!(
+                "{CONNECTED} && window.pgpushDemo.client.filter?.op === 'within'
+                 && document.querySelectorAll('.marker').length === 3"
+            ),
+            SOON,
+        )
+        .await;
+    let move_to = |id: i32, lon: f64, lat: f64| {
+        let db = &db;
+        async move {
+            db.execute(
+                "UPDATE person SET loc = ST_SetSRID(ST_MakePoint($2, $3), 4326)::geography WHERE id = $1",
+                &[&id, &lon, &lat],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let marker_at = |id: i32, lon: f64| {
+        format!(
+            "Math.abs(document.querySelector('.marker[data-id=\"{id}\"]').dataset.lon - {lon}) < 1e-9"
+        )
+    };
+
+    // Moves inside and outside the view, in one order; the last inside one comes after all of
+    // them, so once it is shown any outside move sent would have been shown too.
+    for step in 1..=5 {
+        let east = f64::from(step) * 0.0001;
+        move_to(1, 4.8926 + east, 52.3731).await;
+        move_to(2, 4.9650 + east, 52.3731).await;
+        move_to(3, 4.8926 + east, 52.4200).await;
+    }
+    move_to(1, 4.8940, 52.3735).await;
+    browser.wait_for(&page, &marker_at(1, 4.894), SOON).await;
+    let counts = browser
+        .eval(
+            &page,
+            "JSON.stringify(Object.fromEntries(window.pgpushDemo.received))",
+        )
+        .await;
+    assert_eq!(
+        counts,
+        json!(r#"{"1":6}"#),
+        "only Ada's moves reach the page"
+    );
+    assert_placed(&marker(&mut browser, &page, 2).await, 52.3731, 4.965);
+
+    // Panning to Bram re-subscribes with the new view: his moves come, Ada's no longer do.
+    browser
+        .eval(&page, "window.pgpushDemo.map.setView(52.3731, 4.9650)")
+        .await;
+    browser
+        .wait_for(
+            &page,
+            &format!(
+                "window.pgpushDemo.client.filter?.value[0] > 4.93 && {}",
+                marker_at(2, 4.9655)
+            ),
+            SOON,
+        )
+        .await;
+    move_to(1, 4.8950, 52.3735).await;
+    move_to(2, 4.9660, 52.3740).await;
+    browser.wait_for(&page, &marker_at(2, 4.966), SOON).await;
+    let counts = browser
+        .eval(
+            &page,
+            "JSON.stringify(Object.fromEntries(window.pgpushDemo.received))",
+        )
+        .await;
+    assert_eq!(counts, json!(r#"{"1":6,"2":1}"#));
+    assert_placed(&marker(&mut browser, &page, 1).await, 52.3735, 4.894);
+}
+
 /// A JavaScript condition: some chat line on the page reads exactly `text`.
 fn chat_line_shown(text: &str) -> String {
     format!(

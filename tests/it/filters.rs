@@ -5,10 +5,7 @@
 use std::time::Duration;
 
 use pgpush_tests::{
-    Edge, SseClient, TestPostgres, WsClient,
-    durable::position_of,
-    http, wait_until,
-    ws::encode,
+    Edge, SseClient, TestPostgres, WsClient, durable::position_of, http, wait_until, ws::encode,
 };
 use serde_json::{Value, json};
 
