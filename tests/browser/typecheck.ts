@@ -71,3 +71,16 @@ const callback: WithCallback = { id: 1, done: () => {} };
 void orders.publish('orders', callback);
 // @ts-expect-error bigints are not JSON
 void orders.publish('orders', { n: 10n });
+
+// Server-side filters: the map's viewport, and the combinators.
+const viewport = new PgPush({
+  channels: ['person_updated'],
+  filter: { path: 'loc', op: 'within', value: [4.88, 52.36, 4.9, 52.38] },
+});
+viewport.setFilter({ and: [{ path: 'kind', op: 'in', value: ['a', 'b'] }, { not: { path: 'gone', op: 'exists' } }] });
+viewport.setFilter(null);
+void viewport.history('person_updated', { limit: 5, filter: { path: 'id', op: 'gt', value: 3 } });
+// @ts-expect-error not an operator
+viewport.setFilter({ path: 'id', op: 'near', value: 1 });
+// @ts-expect-error a box has four numbers
+viewport.setFilter({ path: 'loc', op: 'within', value: [1, 2, 3] });

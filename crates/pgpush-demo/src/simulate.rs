@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 use crate::DemoError;
 
 const METRES_PER_DEGREE: f64 = 111_320.0;
+/// The shortest time between two UPDATE statements; faster rates move several people in each.
+const MIN_TICK: Duration = Duration::from_millis(10);
 
 /// Where people wander: a circle on the map.
 #[derive(Debug, Clone, Copy)]
@@ -101,13 +103,19 @@ pub async fn simulate(
     if walkers.is_empty() || options.rate <= 0.0 {
         return Ok(0);
     }
+    // One UPDATE per tick moves everyone due (the trigger still publishes one event per row),
+    // so a thousand moves a second are a hundred statements, not a thousand round trips.
     let update = client
         .prepare(
-            "UPDATE person SET loc = ST_SetSRID(ST_MakePoint($2, $3), 4326)::geography WHERE id = $1",
+            "UPDATE person SET loc = ST_SetSRID(ST_MakePoint(m.lon, m.lat), 4326)::geography
+             FROM unnest($1::int[], $2::float8[], $3::float8[]) AS m(id, lon, lat)
+             WHERE person.id = m.id",
         )
         .await?;
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / options.rate));
+    let tick = Duration::from_secs_f64(1.0 / options.rate).max(MIN_TICK);
+    let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
     let mut moves = 0u64;
     let mut next = 0;
     while options.moves.is_none_or(|limit| moves < limit) {
@@ -115,14 +123,33 @@ pub async fn simulate(
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let count = walkers.len();
-        let walker = &mut walkers[next];
-        next = (next + 1) % count;
-        walker.step(&options.area, options.speedup, &mut rand::rng());
-        client
-            .execute(&update, &[&walker.id, &walker.longitude, &walker.latitude])
-            .await?;
-        moves += 1;
+        // Moves due by now at the rate, at least one, at most one per person per statement.
+        let due = (started.elapsed().as_secs_f64() * options.rate) as u64 + 1;
+        let limit = options.moves.unwrap_or(u64::MAX);
+        let batch = due
+            .min(limit)
+            .saturating_sub(moves)
+            .clamp(1, walkers.len() as u64) as usize;
+        let (mut ids, mut lons, mut lats) = (
+            Vec::with_capacity(batch),
+            Vec::with_capacity(batch),
+            Vec::with_capacity(batch),
+        );
+        // The thread-local generator is not Send: it lives only until the statement is built.
+        {
+            let mut rng = rand::rng();
+            let count = walkers.len();
+            for _ in 0..batch {
+                let walker = &mut walkers[next];
+                next = (next + 1) % count;
+                walker.step(&options.area, options.speedup, &mut rng);
+                ids.push(walker.id);
+                lons.push(walker.longitude);
+                lats.push(walker.latitude);
+            }
+        }
+        client.execute(&update, &[&ids, &lons, &lats]).await?;
+        moves += batch as u64;
     }
     Ok(moves)
 }
@@ -146,14 +173,21 @@ async fn ensure_people(
             (name, random_point(&options.area, &mut rand::rng()))
         })
         .collect();
-    for (name, (latitude, longitude)) in missing {
-        client
-            .execute(
-                "INSERT INTO person (name, loc) VALUES ($1, ST_SetSRID(ST_MakePoint($2, $3), 4326)::geography)",
-                &[&name, &longitude, &latitude],
-            )
-            .await?;
-    }
+    let names: Vec<&str> = missing.iter().map(|(name, _)| name.as_str()).collect();
+    let latitudes: Vec<f64> = missing.iter().map(|(_, (latitude, _))| *latitude).collect();
+    let longitudes: Vec<f64> = missing
+        .iter()
+        .map(|(_, (_, longitude))| *longitude)
+        .collect();
+    client
+        .execute(
+            "INSERT INTO person (name, loc)
+             SELECT p.name, ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography
+             FROM unnest($1::text[], $2::float8[], $3::float8[]) WITH ORDINALITY AS p(name, lon, lat, n)
+             ORDER BY p.n",
+            &[&names, &longitudes, &latitudes],
+        )
+        .await?;
     let limit = i64::try_from(options.people).unwrap_or(i64::MAX);
     let rows = client
         .query(

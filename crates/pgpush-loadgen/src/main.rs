@@ -7,6 +7,7 @@ mod report;
 mod subscriber;
 mod tally;
 mod thin;
+mod viewport;
 mod worker;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
@@ -119,6 +120,11 @@ pub(crate) struct RunArgs {
     /// its channel and receives the channel's joins and leaves.
     #[arg(long)]
     presence: bool,
+    /// Moves on a map: every message carries a GeoJSON Point `loc` in a city, every subscriber
+    /// subscribes with a `within` filter of its own viewport (1 % of the city), and is expected to
+    /// get exactly the moves inside it.
+    #[arg(long)]
+    viewports: bool,
     /// How long `--idle` holds.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     hold: Duration,

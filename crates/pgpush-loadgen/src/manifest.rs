@@ -66,6 +66,8 @@ pub(crate) struct Plan {
     pub(crate) writers: usize,
     /// SQL publishes in transactions that also insert a row.
     pub(crate) write_row: bool,
+    /// Moves with a point, subscribers with a viewport (`--viewports`).
+    pub(crate) viewports: bool,
     pub(crate) thresholds: Thresholds,
 }
 
@@ -129,6 +131,7 @@ impl Plan {
             publish_via: args.publish_via.unwrap_or(default_via),
             writers: args.writers.max(1),
             write_row: args.write_row,
+            viewports: args.viewports,
             thresholds,
         })
     }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use crate::{PublishVia, ServerKind, manifest::Plan, tally::now_nanos};
+use crate::{PublishVia, ServerKind, manifest::Plan, tally::now_nanos, viewport};
 
 /// Closed-loop gate: publish only while fewer than `window` messages per subscriber are in
 /// flight (published times subscribers per channel, minus delivered).
@@ -67,6 +67,7 @@ pub(crate) async fn publish(
         let gate = gate.clone();
         let published = published.clone();
         let mode = mode_query(plan.publish_via);
+        let viewports = plan.viewports;
         tasks.push(tokio::spawn(async move {
             let mut sent: BTreeMap<String, u64> = BTreeMap::new();
             let start = tokio::time::Instant::now();
@@ -93,7 +94,11 @@ pub(crate) async fn publish(
                 }
                 let channel = &channels[(n as usize) % channels.len()];
                 let seq = sent.get(channel).copied().unwrap_or(0) + 1;
-                let payload = format!(r#"{{"seq":{seq},"t":{}}}"#, now_nanos());
+                let loc = match viewports {
+                    true => viewport::loc_member(seq),
+                    false => String::new(),
+                };
+                let payload = format!(r#"{{"seq":{seq},"t":{}{loc}}}"#, now_nanos());
                 send(
                     &mut connection,
                     server,

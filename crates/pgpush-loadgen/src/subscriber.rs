@@ -23,7 +23,7 @@ use tokio::{
 };
 use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 
-use crate::{ServerKind, manifest::Transport, tally::Tally};
+use crate::{ServerKind, manifest::Transport, tally::Tally, viewport};
 
 /// One subscriber's settings.
 #[derive(Debug, Clone)]
@@ -35,12 +35,15 @@ pub(crate) struct Spec {
     pub(crate) channel: String,
     /// Ask to be present in the channel.
     pub(crate) presence: bool,
+    /// The subscriber's index in the run, and whether it subscribes with its viewport.
+    pub(crate) index: usize,
+    pub(crate) viewport: bool,
 }
 
 /// What a subscriber ends with.
 #[derive(Debug)]
 pub(crate) struct Outcome {
-    pub(crate) channel: String,
+    pub(crate) index: usize,
     pub(crate) tally: Tally,
     pub(crate) disconnected: bool,
 }
@@ -87,7 +90,7 @@ pub(crate) async fn run(
         }
     };
     Outcome {
-        channel: spec.channel,
+        index: spec.index,
         tally,
         disconnected,
     }
@@ -156,7 +159,10 @@ async fn get(
 
 async fn connect(spec: &Spec) -> anyhow::Result<Source> {
     let channel = &spec.channel;
-    let presence = if spec.presence { "&presence=1" } else { "" };
+    let mut presence = if spec.presence { "&presence=1" } else { "" }.to_owned();
+    if spec.viewport {
+        presence.push_str(&viewport::filter_query(spec.index));
+    }
     match spec.transport {
         Transport::WebSocket => {
             let path = match spec.server {

@@ -29,6 +29,7 @@ use crate::{
     report::{Percentiles, Summary, total_rss},
     subscriber::{self, Outcome, Spec},
     tally::{Totals, decode_histogram, encode_histogram, histogram},
+    viewport,
 };
 
 /// What a group of subscribers reports once connected.
@@ -53,6 +54,10 @@ enum Line {
 /// The subscribers of one process.
 struct Group {
     tasks: Vec<tokio::task::JoinHandle<Outcome>>,
+    /// Each subscriber's (index, channel).
+    members: Vec<(usize, String)>,
+    /// Subscribers get the moves in their viewport only.
+    viewports: bool,
     stop: watch::Sender<bool>,
     delivered: Arc<AtomicU64>,
     ready: Ready,
@@ -71,7 +76,9 @@ async fn start_group(plan: &Plan, args: &RunArgs, indices: Vec<usize>) -> anyhow
     let delivered = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let mut readies = Vec::new();
+    let mut members = Vec::new();
     for index in indices {
+        members.push((index, plan.channel(index)));
         let spec = Spec {
             transport: plan.transport_of(index),
             server: args.server,
@@ -84,6 +91,8 @@ async fn start_group(plan: &Plan, args: &RunArgs, indices: Vec<usize>) -> anyhow
             )),
             channel: plan.channel(index),
             presence: args.presence,
+            index,
+            viewport: plan.viewports,
         };
         let (ready_tx, ready_rx) = oneshot::channel();
         readies.push((spec, ready_tx, ready_rx));
@@ -128,6 +137,8 @@ async fn start_group(plan: &Plan, args: &RunArgs, indices: Vec<usize>) -> anyhow
     }
     Ok(Group {
         tasks,
+        members,
+        viewports: plan.viewports,
         stop,
         delivered,
         ready: Ready {
@@ -141,15 +152,24 @@ async fn start_group(plan: &Plan, args: &RunArgs, indices: Vec<usize>) -> anyhow
 
 impl Group {
     /// Waits for deliveries to settle, stops the subscribers and counts against `published`.
-    async fn finish(
-        self,
-        published: &BTreeMap<String, u64>,
-        subscribers_per_channel: &BTreeMap<String, u64>,
-    ) -> Totals {
-        let expected: u64 = published
+    async fn finish(self, published: &BTreeMap<String, u64>) -> Totals {
+        // What each subscriber must get: everything of its channel, or the moves in its viewport.
+        let moves = self
+            .viewports
+            .then(|| viewport::Moves::new(published.values().copied().max().unwrap_or(0)));
+        let owed = |index: usize, channel: &str| {
+            let sent = published.get(channel).copied().unwrap_or(0);
+            match &moves {
+                Some(moves) => moves.inside(index, sent),
+                None => sent,
+            }
+        };
+        let owed_to: BTreeMap<usize, u64> = self
+            .members
             .iter()
-            .map(|(channel, n)| n * subscribers_per_channel.get(channel).copied().unwrap_or(0))
-            .sum();
+            .map(|(index, channel)| (*index, owed(*index, channel)))
+            .collect();
+        let expected: u64 = owed_to.values().sum();
         let mut last = self.delivered.load(Ordering::Relaxed);
         let mut quiet = Instant::now();
         let started = Instant::now();
@@ -169,26 +189,12 @@ impl Group {
         let mut totals = Totals::empty();
         for task in self.tasks {
             if let Ok(outcome) = task.await {
-                let expected = published.get(&outcome.channel).copied().unwrap_or(0);
+                let expected = owed_to.get(&outcome.index).copied().unwrap_or(0);
                 totals.add(&outcome.tally, expected, outcome.disconnected);
             }
         }
         totals
     }
-}
-
-/// How many subscribers of the run listen on each channel.
-fn subscribers_per_channel(
-    plan: &Plan,
-    indices: impl Iterator<Item = usize>,
-) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
-    for index in indices {
-        if plan.transport_of(index) != Transport::None {
-            *counts.entry(plan.channel(index)).or_default() += 1;
-        }
-    }
-    counts
 }
 
 fn my_indices(plan: &Plan, args: &RunArgs) -> Vec<usize> {
@@ -205,7 +211,6 @@ fn my_indices(plan: &Plan, args: &RunArgs) -> Vec<usize> {
 pub(crate) async fn serve_as_worker(args: RunArgs) -> anyhow::Result<()> {
     let plan = Plan::new(&args)?;
     let indices = my_indices(&plan, &args);
-    let mine = subscribers_per_channel(&plan, indices.iter().copied());
     let group = start_group(&plan, &args, indices).await?;
     let mut out = tokio::io::stdout();
     let ready = Line::Ready(group.ready_copy());
@@ -219,7 +224,7 @@ pub(crate) async fn serve_as_worker(args: RunArgs) -> anyhow::Result<()> {
             break published;
         }
     };
-    let totals = group.finish(&published, &mine).await;
+    let totals = group.finish(&published).await;
     out.write_all(format!("{}\n", serde_json::to_string(&Line::Result { totals })?).as_bytes())
         .await?;
     out.flush().await?;
@@ -265,14 +270,6 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
     if args.processes > 1 && plan.rate <= 0.0 && !args.idle {
         bail!("--rate 0 (as fast as delivery keeps up) needs --processes 1");
     }
-    let everyone = subscribers_per_channel(
-        &plan,
-        if plan.transport == Transport::None {
-            0..0
-        } else {
-            0..plan.connections
-        },
-    );
     let rss_before = total_rss(&args.server_pids);
     let started = Instant::now();
     eprintln!(
@@ -411,7 +408,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
     // Let the last messages land, then count.
     let mut totals = Totals::empty();
     if let Some(group) = local {
-        totals.merge(&group.finish(&published, &everyone).await);
+        totals.merge(&group.finish(&published).await);
     }
     let line = serde_json::to_string(&Line::Published {
         published: published.clone(),

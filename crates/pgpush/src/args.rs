@@ -88,6 +88,9 @@ pub(crate) struct SimulateArgs {
     /// How much faster than real time people move.
     #[arg(long, default_value_t = 10.0)]
     pub(crate) speedup: f64,
+    /// How far from the centre of Amsterdam people wander, in metres (8000 is the whole city).
+    #[arg(long, default_value_t = 2000.0)]
+    pub(crate) radius: f64,
     /// Stop after this many moves.
     #[arg(long)]
     pub(crate) moves: Option<u64>,

@@ -111,7 +111,10 @@ pub(crate) async fn demo_simulate(
         people: args.people,
         rate: args.rate,
         speedup: args.speedup,
-        area: pgpush_demo::Area::default(),
+        area: pgpush_demo::Area {
+            radius_m: args.radius,
+            ..pgpush_demo::Area::default()
+        },
         moves: args.moves,
     };
     Ok(pgpush_demo::simulate(&client, &simulate, shutdown).await?)

@@ -50,6 +50,8 @@ struct Recipient {
     /// The highest durable position this subscriber was brought to: a message offered, or a
     /// cursor marker. Below the head, its cursor lags behind events its filter left out.
     position: i64,
+    /// `position` at the last [`Audience::advance`]: unchanged since, nothing moved the cursor.
+    position_at_advance: i64,
 }
 
 /// Subscribers whose queue overflowed with a delivery.
@@ -88,6 +90,7 @@ impl Audience {
                         Recipient {
                             outbox: outbox.clone(),
                             position,
+                            position_at_advance: position,
                         },
                     );
                 }
@@ -188,8 +191,10 @@ impl Audience {
         delivery
     }
 
-    /// Offers the cursor marker `marker` to each filtered subscriber whose cursor is behind its
-    /// position (its filter left events out since), unless `told` has it already.
+    /// Offers the cursor marker `marker` to each filtered subscriber whose cursor is behind it
+    /// and was not moved by any message since the last call (its filter left out everything
+    /// since), unless `told` has it already. A subscriber its messages keep moving needs no
+    /// marker: its cursor lags by at most two calls' interval.
     pub(crate) fn advance(&mut self, marker: &Arc<Message>, told: &mut HashSet<u64>) -> Overflows {
         let Some(position) = marker.position() else {
             return 0;
@@ -200,10 +205,13 @@ impl Audience {
             .values_mut()
             .flat_map(|g| g.members.values_mut())
         {
-            if recipient.position >= position {
+            let moved = recipient.position != recipient.position_at_advance;
+            recipient.position_at_advance = recipient.position;
+            if recipient.position >= position || moved {
                 continue;
             }
             recipient.position = position;
+            recipient.position_at_advance = position;
             if told.insert(recipient.outbox.id())
                 && recipient.outbox.offer(marker) == Offer::Overflowed
             {

@@ -37,7 +37,7 @@ const START_RETRY: Duration = Duration::from_secs(2);
 const START_REMINDER: Duration = Duration::from_secs(60);
 /// How often filtered subscribers whose filter left durable events out get a cursor marker, so
 /// their cursor covers what they were not sent.
-const CURSOR_ADVANCE: Duration = Duration::from_secs(1);
+const CURSOR_ADVANCE: Duration = Duration::from_secs(2);
 /// Most events a history with a filter looks through for its matches.
 const FILTERED_HISTORY_SCAN: usize = 10_000;
 

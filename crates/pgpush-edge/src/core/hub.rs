@@ -590,9 +590,10 @@ impl Hub {
         }
     }
 
-    /// Brings every filtered subscriber's cursor to the durable head: one whose filter left
-    /// events out since its last message gets a cursor marker (made by `marker` from the head's
-    /// point) behind what is queued, so the client's cursor covers what it was not sent.
+    /// Brings filtered subscribers' cursors to the durable head: one behind it that no message
+    /// moved since the last call (its filter left out everything since) gets a cursor marker
+    /// (made by `marker` from the head's point) behind what is queued, so the client's cursor
+    /// covers what it was not sent.
     pub fn advance_filtered(&self, marker: impl FnOnce(CursorPoint) -> Message) {
         let mut state = self.lock();
         let state = &mut *state;
